@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export CDK_DISABLE_VERSION_CHECK := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup test serve synth lint bench train-default clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml or package.json change; idempotent otherwise.
+$(STAMP): pyproject.toml $(wildcard package.json package-lock.json)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	@if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
+	@touch $@
+
+test: setup
+	$(PY) -m pytest
+
+serve: setup
+	PORT=$${PORT:-8080} $(VENV)/bin/gunicorn -c service/gunicorn_conf.py 'service.app:create_app()'
+
+synth: setup
+	$(PY) -m infra.synth
+
+lint: setup
+	$(VENV)/bin/ruff check attngan trainer service infra tests bench
+
+bench: setup
+	$(PY) bench/generate.py && $(PY) bench/serve.py && $(PY) bench/train.py
+
+train-default: setup
+	bash models/train_default.sh
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .pytest_cache

@@ -1,0 +1,178 @@
+"""One configuration loader for the whole project.
+
+The YAML files keep the original AttnGAN keys and values (`miscc/config.py`): the defaults below are
+the original's, a YAML file overrides them with strict key and type checking, and command-line
+overrides (`TRAIN.BATCH_SIZE=8`) go through the same check. Keys that the original did not have are
+marked "ours" and default to the original behaviour.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from attngan.errors import AttnGANError
+
+
+@dataclass
+class TreeConfig:
+    BRANCH_NUM: int = 3
+    BASE_SIZE: int = 64
+
+
+@dataclass
+class SmoothConfig:
+    GAMMA1: float = 5.0
+    GAMMA2: float = 5.0
+    GAMMA3: float = 10.0
+    LAMBDA: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    BATCH_SIZE: int = 64
+    MAX_EPOCH: int = 600
+    SNAPSHOT_INTERVAL: int = 2000
+    DISCRIMINATOR_LR: float = 2e-4
+    GENERATOR_LR: float = 2e-4
+    ENCODER_LR: float = 2e-4
+    RNN_GRAD_CLIP: float = 0.25
+    FLAG: bool = True
+    NET_E: str = ""
+    NET_G: str = ""
+    B_NET_D: bool = True
+    SMOOTH: SmoothConfig = field(default_factory=SmoothConfig)
+    # ours
+    MAX_STEPS: int = 0  # stop after this many optimizer steps (0: run MAX_EPOCH epochs)
+    SEED: int = 0  # 0: a random seed, as the original; otherwise reproducible
+    AMP: str = "auto"  # auto | bf16 | off
+    LOG_INTERVAL: int = 100  # steps between log lines and TensorBoard scalars
+    SAMPLE_INTERVAL: int = 1000  # steps between sample grids
+    CHECKPOINT_INTERVAL: int = 0  # steps between resumable checkpoints (0: every SNAPSHOT_INTERVAL epochs)
+    NET_IMAGE_E: str = ""  # image encoder checkpoint for the GAN's DAMSM loss (default: beside NET_E)
+    INCEPTION_WEIGHTS: str = ""  # local torchvision-format Inception-v3 ImageNet weights for DAMSM
+
+
+@dataclass
+class GANConfig:
+    DF_DIM: int = 64
+    GF_DIM: int = 128
+    Z_DIM: int = 100
+    CONDITION_DIM: int = 100
+    R_NUM: int = 2
+    B_ATTENTION: bool = True
+    B_DCGAN: bool = False
+    # ours
+    ATTN_MASK_ORIGINAL: bool = False  # reproduce the original's mis-ordered attention mask (reference 2.4)
+
+
+@dataclass
+class TextConfig:
+    CAPTIONS_PER_IMAGE: int = 10
+    EMBEDDING_DIM: int = 256
+    WORDS_NUM: int = 18
+
+
+@dataclass
+class Config:
+    CONFIG_NAME: str = ""
+    DATASET_NAME: str = "birds"
+    DATA_DIR: str = ""
+    GPU_ID: int = 0
+    CUDA: bool = True
+    WORKERS: int = 6
+    RNN_TYPE: str = "LSTM"
+    B_VALIDATION: bool = False
+    TREE: TreeConfig = field(default_factory=TreeConfig)
+    TRAIN: TrainConfig = field(default_factory=TrainConfig)
+    GAN: GANConfig = field(default_factory=GANConfig)
+    TEXT: TextConfig = field(default_factory=TextConfig)
+    # ours
+    DATA_FORMAT: str = "cub"  # cub | custom (a folder of images with same-named .txt captions)
+    IMAGE_ENCODER: str = "inception"  # inception (paper) | small (from scratch, for small data sets)
+    OUTPUT_DIR: str = ""  # default: output/<DATASET_NAME>_<CONFIG_NAME>
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Check a value against the default's type, as the original's `_merge_a_into_b` did."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(current, str):
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    raise AttnGANError(
+        f"config key {key}: expected {type(current).__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _merge(node: Any, values: dict[str, Any], prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise AttnGANError(f"config key {prefix.rstrip('.') or '<root>'}: expected a mapping")
+    names = {f.name for f in dataclasses.fields(node)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise AttnGANError(f"{full} is not a valid config key")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{full}.")
+        else:
+            setattr(node, key, _coerce(value, current, full))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`TRAIN.BATCH_SIZE=8` -> {"TRAIN": {"BATCH_SIZE": 8}} (values parsed as YAML scalars)."""
+    if "=" not in text:
+        raise AttnGANError(f"override {text!r} must look like KEY=VALUE, e.g. TRAIN.BATCH_SIZE=8")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the YAML file, then `KEY=VALUE` overrides; every key and type checked."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise AttnGANError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise AttnGANError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        _merge(cfg, data, "")
+    for text in overrides:
+        _merge(cfg, parse_override(text), "")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, copy.deepcopy(data), "")
+    return cfg

@@ -1,0 +1,146 @@
+"""Text to image inference: load a bundle once, then turn captions into images and attention maps.
+
+    t2i = TextToImage.from_bundle("models/default")
+    out = t2i.generate([t2i.prepare("a small red bird with a black crown")], seeds=[7])
+    out[0].images[-1].save("bird.png")
+
+Same seed, same image: z and the conditioning-augmentation noise of each caption are drawn from a
+`torch.Generator` seeded with that caption's seed, so an image does not depend on what else was in the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attngan.bundle import Bundle, load_bundle
+from attngan.errors import AttnGANError
+from attngan.model import ModelConfig
+from attngan.render import to_pil
+from attngan.text import EncodedCaption, Vocabulary, pad_caption
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class Generated:
+    images: list[Image.Image]  # one per stage: 64, 128, 256 px (only the last for AttnDCGAN)
+    attention: list[np.ndarray]  # one per attentional stage: T x H x W, T = len(tokens)
+    tokens: list[str]
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 matmuls are fast only with AVX512-BF16 / AMX; on older CPUs autocast would be slower than fp32."""
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return "AVX512" in capability or "AMX" in capability
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise AttnGANError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else torch.float32
+
+
+class TextToImage:
+    """A loaded model (eval mode, no gradients) that generates batches of images."""
+
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise AttnGANError("device 'cuda' requested but CUDA is not available; use --device cpu")
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormals from tiny weights make CPU convs ~9x slower
+        self.bundle = bundle
+        self.dtype = resolve_precision(precision, self.device)
+        self.text_encoder, self.generator, _ = bundle.build_networks(self.device, image_encoder=False)
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto"
+                    ) -> TextToImage:
+        return cls(load_bundle(path), device=device, precision=precision)
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return self.bundle.vocab
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.bundle.config
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def prepare(self, caption: str) -> EncodedCaption:
+        """Tokenize and encode a caption; words past WORDS_NUM are dropped (the first WORDS_NUM are kept)."""
+        if not isinstance(caption, str) or not caption.strip():
+            raise AttnGANError("the caption is empty; describe a bird, e.g. 'a small red bird with a black crown'")
+        encoded = self.vocab.encode(caption)
+        if not encoded.ids:
+            shown = ", ".join(encoded.unknown[:5]) or caption.strip()[:40]
+            raise AttnGANError(f"none of the caption's words are in the model's vocabulary ({shown}); "
+                               "use words from the training captions")
+        n = self.config.words_num
+        if len(encoded.ids) > n:
+            encoded = EncodedCaption(tokens=encoded.tokens[:n], ids=encoded.ids[:n],
+                                     unknown=encoded.unknown)
+        return encoded
+
+    def _noise(self, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        z, eps = [], []
+        for seed in seeds:
+            g = torch.Generator().manual_seed(int(seed) % (2**63))
+            z.append(torch.randn(self.config.z_dim, generator=g))
+            eps.append(torch.randn(self.config.condition_dim, generator=g))
+        return torch.stack(z).to(self.device), torch.stack(eps).to(self.device)
+
+    def generate(self, captions: list[EncodedCaption], seeds: list[int]) -> list[Generated]:
+        """One batched forward pass; returns one Generated per caption, in order."""
+        if len(captions) != len(seeds):
+            raise AttnGANError(f"got {len(captions)} captions but {len(seeds)} seeds")
+        if not captions:
+            return []
+        if any(len(c.ids) == 0 for c in captions):
+            raise AttnGANError("a caption has no known words; call prepare() first")
+        width = min(max(len(c.ids) for c in captions), self.config.words_num)
+        rows, lengths = [], []
+        for c in captions:
+            ids, n = pad_caption(c.ids, width, rng=None)
+            rows.append(ids)
+            lengths.append(n)
+        tokens = torch.from_numpy(np.stack(rows)).to(self.device)
+        lengths_t = torch.tensor(lengths, dtype=torch.int64)
+        z, eps = self._noise(seeds)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == torch.bfloat16
+                    else contextlib.nullcontext())
+        with torch.inference_mode():
+            words_emb, sent_emb = self.text_encoder(tokens, lengths_t.to(self.device))
+            mask = tokens[:, : words_emb.size(2)] == 0
+            with autocast:
+                images, attention, _, _ = self.generator(z, sent_emb, words_emb, mask, eps=eps)
+            images = [im.float().cpu() for im in images]
+            attention = [a.float().cpu() for a in attention]
+        out = []
+        for i, c in enumerate(captions):
+            n = lengths[i]
+            out.append(Generated(
+                images=[to_pil(im[i]) for im in images],
+                attention=[a[i, :n].numpy().copy() for a in attention],
+                tokens=list(c.tokens[:n]),
+            ))
+        return out

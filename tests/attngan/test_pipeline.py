@@ -1,0 +1,91 @@
+"""TextToImage: caption checks, same seed -> same image whatever the batch, attention maps, precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attngan.errors import AttnGANError
+from attngan.pipeline import TextToImage, resolve_precision
+from attngan.render import attention_grid, to_pil
+
+
+@pytest.fixture(scope="module")
+def t2i(lively_bundle) -> TextToImage:
+    return TextToImage.from_bundle(lively_bundle, precision="fp32")
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_prepare_reports_unknown_words_and_rejects_unusable_captions(t2i):
+    encoded = t2i.prepare("This bird has a RED crown, and zebra stripes!")
+    assert encoded.tokens == ["this", "bird", "has", "a", "red", "crown", "and"]
+    assert encoded.unknown == ["zebra", "stripes"]
+    with pytest.raises(AttnGANError, match="empty"):
+        t2i.prepare("   ")
+    with pytest.raises(AttnGANError, match="none of the caption's words"):
+        t2i.prepare("zebra stripes everywhere")
+    long = t2i.prepare(" ".join(["red"] * 30))
+    assert len(long.ids) == t2i.config.words_num == 12
+
+
+def test_images_and_attention_have_the_stage_shapes(t2i):
+    (out,) = t2i.generate([t2i.prepare("a small red bird with black wings")], seeds=[1])
+    assert [im.size for im in out.images] == [(64, 64), (128, 128), (256, 256)]
+    assert out.tokens == ["a", "small", "red", "bird", "with", "black", "wings"]
+    assert [a.shape for a in out.attention] == [(7, 64, 64), (7, 128, 128)]
+    for a in out.attention:  # each pixel's attention over the caption's words sums to one
+        np.testing.assert_allclose(a.sum(0), 1.0, atol=1e-4)
+    assert pixels(out.images[-1]).std() > 20  # the fixture's weights make real contrast, so comparisons mean something
+
+
+def test_same_seed_same_image_regardless_of_batch(t2i):
+    short, long = t2i.prepare("red crown"), t2i.prepare("this small bird has a yellow belly and grey tail")
+    alone = t2i.generate([short], [7])[0]
+    batched = t2i.generate([long, short, short], [3, 7, 8])
+    for a, b in zip(alone.images, batched[1].images):
+        assert np.abs(pixels(a) - pixels(b)).max() <= 1
+    for a, b in zip(alone.attention, batched[1].attention):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.abs(pixels(batched[1].images[-1]) - pixels(batched[2].images[-1])).mean() > 0.1  # seed matters
+    again = t2i.generate([short], [7])[0]
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(alone.images, again.images))
+
+
+def test_generate_checks_its_arguments(t2i):
+    assert t2i.generate([], []) == []
+    with pytest.raises(AttnGANError, match="seeds"):
+        t2i.generate([t2i.prepare("red")], [1, 2])
+
+
+def test_bf16_images_are_close_to_fp32(lively_bundle, t2i):
+    """Tolerance: mean absolute difference under 4 of 255 grey levels on every stage's image."""
+    bf16 = TextToImage.from_bundle(lively_bundle, precision="bf16")
+    assert bf16.precision == "bf16"
+    caption = [t2i.prepare("this bird has a red crown and black wings")]
+    a, b = t2i.generate(caption, [11])[0], bf16.generate(caption, [11])[0]
+    for x, y in zip(a.images, b.images):
+        assert np.abs(pixels(x) - pixels(y)).mean() < 4.0
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+    with pytest.raises(AttnGANError, match="precision"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_render_maps_values_and_draws_one_tile_per_word():
+    image = to_pil(torch.stack([torch.full((4, 4), -1.0), torch.zeros(4, 4), torch.ones(4, 4)]))
+    assert image.getpixel((0, 0)) == (0, 127, 255)
+    attention = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    grid = attention_grid(to_pil(torch.zeros(3, 32, 32)), attention, ["red", "crown", "bird"], tile=32)
+    assert grid.size == (4 * 32, 32 + 18)
+    one_word = np.asarray(grid)[18:, 32:64].astype(int)
+    assert one_word.std() > 10  # the heat map shows where the word attended

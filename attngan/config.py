@@ -56,6 +56,11 @@ class TrainConfig:
     CHECKPOINT_INTERVAL: int = 0  # steps between resumable checkpoints (0: every SNAPSHOT_INTERVAL epochs)
     NET_IMAGE_E: str = ""  # image encoder checkpoint for the GAN's DAMSM loss (default: beside NET_E)
     INCEPTION_WEIGHTS: str = ""  # local torchvision-format Inception-v3 ImageNet weights for DAMSM
+    EMA_DECAY: float = 0.999  # generator parameter EMA (the original's 0.999)
+    RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
+    PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss
+    VALID_BATCHES: int = 50  # DAMSM validation batches per epoch (the original: 50)
+    CHANNELS_LAST: bool = False  # channels-last memory format for the convolutional nets
 
 
 @dataclass

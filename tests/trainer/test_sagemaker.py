@@ -1,0 +1,59 @@
+"""The SageMaker entry point in a simulated /opt/ml tree: trains DAMSM then the GAN, leaves a loadable bundle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.conftest import PYTHON, REPO, subprocess_env
+
+
+def _opt_ml(root: Path, birds: Path, hyperparameters: dict[str, str]) -> dict[str, str]:
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    env = subprocess_env()
+    env.update(SM_ROOT=str(root), SM_CHANNEL_TRAIN=str(birds), SM_MODEL_DIR=str(root / "model"),
+               SM_OUTPUT_DATA_DIR=str(root / "output" / "data"), SM_HOSTS='["algo-1"]', SM_CURRENT_HOST="algo-1")
+    return env
+
+
+@pytest.mark.slow
+def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
+    from attngan.bundle import load_bundle
+
+    common = "TREE.BRANCH_NUM=1 TREE.BASE_SIZE=64 IMAGE_ENCODER=small WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
+        "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
+    hp = {"config": "synth", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
+          "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16"}
+    env = _opt_ml(tmp_path, birds, hp)
+    res = subprocess.run([PYTHON, "-m", "trainer.sagemaker"], check=False, env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    bundle = load_bundle(tmp_path / "model")
+    assert bundle.config.gf_dim == 8 and bundle.manifest["training"]["steps"] == 3
+    assert (tmp_path / "checkpoints" / "damsm" / "checkpoint.pt").is_file()  # resumable after a restart
+    assert (tmp_path / "checkpoints" / "gan" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "output" / "failure").exists()
+
+
+def test_sagemaker_failure_file_and_multinode_plan(birds, tmp_path):
+    from trainer.sagemaker import _train_cmd, read_job
+
+    env = _opt_ml(tmp_path, birds, {"config": "nope"})
+    res = subprocess.run([PYTHON, "-m", "trainer.sagemaker"], check=False, env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1
+    reason = (tmp_path / "output" / "failure").read_text().strip()
+    assert "config='nope'" in reason and len(reason.splitlines()) == 1
+
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(
+        json.dumps({"gan_epochs": "2", "nproc_per_node": "4", "set": "TRAIN.BATCH_SIZE=8"}))
+    env.update(SM_HOSTS='["algo-1", "algo-2"]', SM_CURRENT_HOST="algo-2")
+    job = read_job(env)
+    assert (job.node_rank, job.world_size, job.is_leader) == (1, 8, False)
+    cmd = _train_cmd(job, "gan", job.gan_cfg, job.gan_set, tmp_path / "gan")
+    assert "--master-addr=algo-1" in cmd and "--node-rank=1" in cmd and "--nnodes=2" in cmd
+    assert "TRAIN.MAX_EPOCH=2" in cmd and "TRAIN.BATCH_SIZE=8" in cmd

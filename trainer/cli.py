@@ -1,0 +1,109 @@
+"""`attngan train damsm`, `attngan train gan` and `attngan export`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from attngan.errors import AttnGANError
+
+
+def _common(p: argparse.ArgumentParser, default_cfg: str) -> None:
+    p.add_argument("--cfg", default=default_cfg, help=f"YAML config (default {default_cfg})")
+    p.add_argument("--data-dir", help="dataset folder (CUB layout); overrides DATA_DIR")
+    p.add_argument("--output-dir", help="run folder (default output/<DATASET>_<CONFIG_NAME>); rerun to resume")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set TRAIN.BATCH_SIZE=8 (repeatable)")
+    p.add_argument("--init-from", metavar="BUNDLE_OR_PTH",
+                   help="fine-tune: start from a model bundle or a checkpoint (netG_epoch_N.pth / text_encoder.pth)")
+
+
+def register(subparsers: Any) -> None:
+    train = subparsers.add_parser("train", help="train DAMSM encoders or the AttnGAN (resumable, torchrun-ready)")
+    tsub = train.add_subparsers(dest="train_command", metavar="STAGE", parser_class=type(train))
+    damsm = tsub.add_parser("damsm", help="pretrain the DAMSM text and image encoders")
+    _common(damsm, "trainer/cfg/DAMSM/bird.yml")
+    damsm.set_defaults(func=_train_damsm)
+    gan = tsub.add_parser("gan", help="train the attentional generator and discriminators")
+    _common(gan, "trainer/cfg/bird_attn2.yml")
+    gan.set_defaults(func=_train_gan)
+    train.set_defaults(func=lambda args: (train.print_help(), 2)[1])
+
+    export = subparsers.add_parser("export", help="write a model bundle from a GAN training run folder")
+    export.add_argument("--run", required=True, help="GAN run folder (with checkpoint.pt or Model/netG_epoch_N.pth)")
+    export.add_argument("--out", required=True, help="bundle folder to write")
+    export.add_argument("--epoch", type=int, help="use Model/netG_epoch_N.pth (default: the latest EMA weights)")
+    export.add_argument("--half", action="store_true", help="store fp16 weights (half the size)")
+    export.set_defaults(func=_export)
+
+
+def _load(args: argparse.Namespace):
+    from attngan.config import load_config
+
+    return load_config(args.cfg, args.set)
+
+
+def _train_damsm(args: argparse.Namespace) -> int:
+    from trainer.damsm import train_damsm
+
+    train_damsm(_load(args), args.data_dir, args.output_dir, args.init_from)
+    return 0
+
+
+def _train_gan(args: argparse.Namespace) -> int:
+    from trainer.gan import train_gan
+
+    train_gan(_load(args), args.data_dir, args.output_dir, args.init_from)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    path = export_run(args.run, args.out, epoch=args.epoch, half=args.half)
+    print(path)
+    return 0
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = None, half: bool = False) -> Path:
+    """GAN run folder -> bundle: EMA generator, text + image encoders, vocabulary, config, training info."""
+    from attngan.bundle import write_bundle
+    from attngan.model import ModelConfig
+    from attngan.text import Vocabulary
+    from trainer.checkpoint import CHECKPOINT_NAME, load_weights
+    from trainer.gan import ema_state, latest_generator
+
+    run = Path(run_dir)
+    ckpt_path = run / CHECKPOINT_NAME
+    if not ckpt_path.is_file():
+        raise AttnGANError(f"{run} is not a GAN training run: {CHECKPOINT_NAME} is missing")
+    ckpt = load_weights(ckpt_path)
+    if ckpt.get("kind") != "gan":
+        raise AttnGANError(f"{run} is a {ckpt.get('kind')} run; export needs a GAN run (attngan train gan)")
+    if epoch is None:
+        generator = {k: v for k, v in ckpt["netG"].items()}
+        generator.update(ckpt["ema"])
+        source = f"{CHECKPOINT_NAME} (EMA, step {ckpt['step']})"
+    else:
+        path = run / "Model" / f"netG_epoch_{epoch}.pth"
+        if not path.is_file():
+            latest = latest_generator(run)
+            raise AttnGANError(f"{path} not found (latest is netG_epoch_{latest[1]}.pth)")
+        generator = load_weights(path)
+        source = path.name
+    del ema_state  # the checkpoint stores G and its EMA separately; combined above
+    cfg = ckpt["config"]
+    info = {
+        "source_run": str(run.resolve()),
+        "generator_from": source,
+        "steps": int(ckpt["step"]),
+        "epochs": int(ckpt["epoch"]),
+        "seed": int(ckpt["seed"]),
+        "config_name": cfg.get("CONFIG_NAME", ""),
+        "dataset": cfg.get("DATASET_NAME", ""),
+        "data_dir": cfg.get("DATA_DIR", ""),
+        "lambda": cfg["TRAIN"]["SMOOTH"]["LAMBDA"],
+        "batch_size": cfg["TRAIN"]["BATCH_SIZE"],
+    }
+    return write_bundle(out_dir, config=ModelConfig.from_dict(ckpt["model_config"]),
+                        vocab=Vocabulary.from_dict(ckpt["vocab"]), generator=generator,
+                        text_encoder=ckpt["text_encoder"], image_encoder=ckpt["image_encoder"], info=info, half=half)

@@ -1,0 +1,395 @@
+"""AttnGAN training (the original trainer.py `condGANTrainer.train`).
+
+Per step: the frozen DAMSM text encoder embeds the captions; G runs once; each discriminator takes its own
+Adam step on real / fake / mismatched pairs; then G takes one step on the adversarial terms of every stage,
+the DAMSM word and sentence losses of the last stage (x LAMBDA, frozen image encoder) and the KL term; an
+EMA of G's parameters (0.999) is kept. Model/netG_epoch_{N}.pth holds the EMA generator, Model/netD{i}.pth the
+discriminators (the original names); checkpoint.pt holds everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from attngan.config import Config
+from attngan.errors import AttnGANError
+from trainer import losses
+from trainer.checkpoint import (
+    CHECKPOINT_NAME,
+    GracefulStop,
+    atomic_save,
+    find_latest,
+    load_weights,
+    set_rng_state,
+)
+from trainer.damsm import _gather_rng, _vocab_beside
+from trainer.distributed import any_flag, average_gradients, barrier, broadcast_module, shutdown
+from trainer.runtime import (
+    Progress,
+    Run,
+    autocast,
+    batches_per_epoch,
+    choose_seed,
+    make_loader,
+    open_run,
+    resolve_data_dir,
+    seed_everything,
+)
+
+log = logging.getLogger("trainer")
+
+
+def ema_state(generator: torch.nn.Module, ema: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """G's state dict with the averaged parameters swapped in (BN buffers stay current, as the original)."""
+    state = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+    for name, value in ema.items():
+        state[name] = value.detach().clone()
+    return state
+
+
+def _load_encoders(cfg: Config, init_bundle):
+    """(text encoder, image encoder, vocabulary or None, source) from a bundle or from NET_E (+ image encoder)."""
+    from attngan.model import ImageEncoder, TextEncoder
+
+    if init_bundle is not None:
+        text, _, image = init_bundle.build_networks("cpu", image_encoder=True)
+        if image is None:
+            raise AttnGANError(f"bundle {init_bundle.path} has no image encoder, which the GAN's DAMSM loss needs; "
+                               "set TRAIN.NET_E to a DAMSM run's text_encoder*.pth instead")
+        return text, image, init_bundle.vocab
+    if not cfg.TRAIN.NET_E:
+        raise AttnGANError("TRAIN.NET_E is empty: point it at a DAMSM text_encoder*.pth (train one with "
+                           "`attngan train damsm`), e.g. --set TRAIN.NET_E=output/x/Model/text_encoder10.pth")
+    net_e = Path(cfg.TRAIN.NET_E)
+    text_state = load_weights(net_e)
+    if "encoder.weight" not in text_state:
+        raise AttnGANError(f"{net_e} is not a text encoder state dict (no encoder.weight)")
+    n_words = text_state["encoder.weight"].shape[0]
+    text = TextEncoder(n_words, nhidden=cfg.TEXT.EMBEDDING_DIM)
+    text.load_state_dict(text_state)
+    image_path = Path(cfg.TRAIN.NET_IMAGE_E) if cfg.TRAIN.NET_IMAGE_E else \
+        net_e.with_name(net_e.name.replace("text_encoder", "image_encoder"))
+    image = ImageEncoder(nef=cfg.TEXT.EMBEDDING_DIM, kind=cfg.IMAGE_ENCODER)
+    state = load_weights(image_path)
+    try:
+        image.load_state_dict(state)
+    except RuntimeError as exc:
+        raise AttnGANError(f"{image_path} does not fit IMAGE_ENCODER={cfg.IMAGE_ENCODER}: "
+                           f"{str(exc).splitlines()[0]}") from None
+    return text, image, _vocab_beside(net_e)
+
+
+def _has_checkpoint(cfg: Config, output_dir: str | None) -> bool:
+    from trainer.runtime import resolve_output_dir
+
+    return (resolve_output_dir(cfg, output_dir, "AttnGAN") / CHECKPOINT_NAME).is_file()
+
+
+def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None = None,
+              init_from: str | None = None) -> Path:
+    """Train (or resume) AttnGAN; returns the output folder."""
+    data = resolve_data_dir(cfg, data_dir)
+    if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
+        _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
+    run = open_run(cfg, output_dir, "AttnGAN")
+    try:
+        with GracefulStop() as stop:
+            return _train(run, data, init_from, stop)
+    finally:
+        run.close()
+        shutdown()
+
+
+def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> Path:
+    from attngan.bundle import load_bundle
+    from attngan.model import Generator, ModelConfig, build_discriminators, init_weights
+    from trainer.data import TextImageDataset
+
+    cfg, info, device = run.cfg, run.info, run.device
+    ckpt_path = run.out / CHECKPOINT_NAME
+    ckpt = load_weights(ckpt_path) if ckpt_path.is_file() else None
+    if ckpt is not None and ckpt.get("kind") != "gan":
+        raise AttnGANError(f"{ckpt_path} is a {ckpt.get('kind')} checkpoint; use another --output-dir for the GAN")
+    seed = int(ckpt["seed"]) if ckpt else choose_seed(cfg)
+    seed_everything(seed, info.rank)
+
+    init_bundle = None
+    init_g = None
+    if init_from and ckpt is None:
+        p = Path(init_from)
+        if (p / "manifest.json").is_file():
+            init_bundle = load_bundle(p)
+        elif p.is_file():
+            init_g = load_weights(p)
+        else:
+            raise AttnGANError(f"--init-from {p}: neither a bundle folder nor a netG .pth file")
+    if ckpt is not None:  # resume: the encoders travel in the checkpoint (NET_E may be gone)
+        from attngan.model import ImageEncoder, TextEncoder
+        from attngan.text import Vocabulary
+
+        vocab = Vocabulary.from_dict(ckpt["vocab"])
+        text_encoder = TextEncoder(len(vocab), nhidden=cfg.TEXT.EMBEDDING_DIM)
+        text_encoder.load_state_dict(ckpt["text_encoder"])
+        image_encoder = ImageEncoder(nef=cfg.TEXT.EMBEDDING_DIM, kind=cfg.IMAGE_ENCODER)
+        image_encoder.load_state_dict(ckpt["image_encoder"])
+    else:
+        text_encoder, image_encoder, vocab = _load_encoders(cfg, init_bundle)
+    given_vocab = vocab
+    train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True)
+    vocab = train_set.vocab
+    n_words = text_encoder.encoder.weight.shape[0]
+    if len(vocab) != n_words:
+        raise AttnGANError(f"the text encoder knows {n_words} words but the data's vocabulary has {len(vocab)}; "
+                           "use the captions.pickle / vocab.json the encoder was trained with")
+    if given_vocab is not None and ckpt is None and info.is_main:
+        _report_unknown(data, cfg, vocab)
+    if info.is_main:
+        vocab.save_json(run.out / "vocab.json")
+
+    mc = ModelConfig.from_config(cfg, n_words)
+    if init_bundle is not None:
+        mismatch = {k: (getattr(init_bundle.config, k), getattr(mc, k)) for k in
+                    ("gf_dim", "z_dim", "condition_dim", "r_num", "branch_num", "dcgan", "embedding_dim")
+                    if getattr(init_bundle.config, k) != getattr(mc, k)}
+        if mismatch:
+            raise AttnGANError(f"--init-from bundle architecture differs from the config: {mismatch}")
+    netG = Generator(mc)
+    netG.apply(init_weights)
+    netsD = build_discriminators(mc)
+    for d in netsD:
+        d.apply(init_weights)
+    start_epoch, step, skip = 0, 0, 0
+    if init_bundle is not None:
+        netG.load_state_dict(init_bundle.read_state("generator"), strict=False)
+        log.info("fine-tuning from bundle %s (version %s)", init_bundle.path, init_bundle.version)
+    elif init_g is not None:
+        netG.load_state_dict(init_g)
+        log.info("fine-tuning from generator %s", init_from)
+    elif ckpt is None and cfg.TRAIN.NET_G:
+        net_g = Path(cfg.TRAIN.NET_G)
+        netG.load_state_dict(load_weights(net_g))
+        digits = net_g.stem[net_g.stem.rfind("_") + 1:]
+        start_epoch = int(digits) + 1 if digits.isdigit() else 0
+        if cfg.TRAIN.B_NET_D:
+            for i, d in enumerate(netsD):
+                d.load_state_dict(load_weights(net_g.parent / f"netD{i}.pth"))
+        log.info("resuming the original way from %s (epoch %d)", net_g, start_epoch)
+
+    for net in [text_encoder, image_encoder, netG, *netsD]:
+        net.to(device)
+    if cfg.TRAIN.CHANNELS_LAST:
+        for net in [image_encoder, netG, *netsD]:
+            net.to(memory_format=torch.channels_last)
+    text_encoder.eval().requires_grad_(False)
+    image_encoder.eval().requires_grad_(False)
+
+    optG = torch.optim.Adam(netG.parameters(), lr=cfg.TRAIN.GENERATOR_LR, betas=(0.5, 0.999))
+    optsD = [torch.optim.Adam(d.parameters(), lr=cfg.TRAIN.DISCRIMINATOR_LR, betas=(0.5, 0.999)) for d in netsD]
+    if ckpt is not None:
+        netG.load_state_dict(ckpt["netG"])
+        for d, s in zip(netsD, ckpt["netsD"]):
+            d.load_state_dict(s)
+        optG.load_state_dict(ckpt["optG"])
+        for o, s in zip(optsD, ckpt["optsD"]):
+            o.load_state_dict(s)
+        start_epoch, step, skip = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["step_in_epoch"])
+    else:
+        for net in [netG, *netsD]:
+            broadcast_module(net, info)
+    ema = {n: p.detach().clone() for n, p in netG.named_parameters()}
+    if ckpt is not None:
+        for n, v in ckpt["ema"].items():
+            ema[n].copy_(v)
+        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        log.info("resumed from %s at epoch %d, step %d", ckpt_path, start_epoch, step)
+    ema_params = [(ema[n], p) for n, p in netG.named_parameters()]
+
+    loader, sampler = make_loader(train_set, run, seed)
+    per_epoch = batches_per_epoch(sampler, cfg.TRAIN.BATCH_SIZE)
+    total = per_epoch * cfg.TRAIN.MAX_EPOCH
+    if cfg.TRAIN.MAX_STEPS:
+        total = min(total, cfg.TRAIN.MAX_STEPS)
+    if step >= total:
+        log.info("GAN training already complete (%d steps) in %s", step, run.out)
+        return run.out
+
+    g = cfg.TRAIN.SMOOTH
+    batch_size = cfg.TRAIN.BATCH_SIZE
+    fixed = None  # captions + noise for sample grids, from the first batch seen
+    gen_fixed = torch.Generator().manual_seed(seed)
+    progress = Progress(total, step, info.is_main, "AttnGAN", cfg.TRAIN.LOG_INTERVAL)
+    decay = cfg.TRAIN.EMA_DECAY
+
+    def save(epoch: int, in_epoch: int) -> None:
+        states = _gather_rng(run)
+        if info.is_main:
+            atomic_save({"kind": "gan", "seed": seed, "epoch": epoch, "step": step, "step_in_epoch": in_epoch,
+                         "netG": netG.state_dict(), "netsD": [d.state_dict() for d in netsD],
+                         "optG": optG.state_dict(), "optsD": [o.state_dict() for o in optsD],
+                         "ema": ema, "rng": states, "vocab": vocab.to_dict(), "config": cfg.to_dict(),
+                         "model_config": mc.to_dict(),
+                         "text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict()},
+                        ckpt_path)
+        barrier(info)
+
+    def snapshot(epoch: int) -> None:
+        if info.is_main:
+            atomic_save(ema_state(netG, ema), run.model_dir / f"netG_epoch_{epoch}.pth")
+            for i, d in enumerate(netsD):
+                atomic_save(d.state_dict(), run.model_dir / f"netD{i}.pth")
+            log.info("saved Model/netG_epoch_%d.pth (EMA) and %d discriminators", epoch, len(netsD))
+        barrier(info)
+
+    stopped = False
+    for epoch in range(start_epoch, cfg.TRAIN.MAX_EPOCH):
+        sampler.set_epoch(epoch)
+        sampler.set_start(skip * batch_size)
+        in_epoch = skip
+        skip = 0
+        netG.train()
+        for d in netsD:
+            d.train()
+        for batch in loader:
+            batch = batch.to(device)
+            if cfg.TRAIN.CHANNELS_LAST:
+                batch.images = [im.contiguous(memory_format=torch.channels_last) for im in batch.images]
+            with torch.no_grad():
+                words, sent = text_encoder(batch.captions, batch.lengths)
+            mask = batch.captions[:, : words.size(2)] == 0
+            noise = torch.randn(batch_size, mc.z_dim, device=device)
+            if fixed is None:
+                fixed = (batch.captions[:8].clone(), batch.lengths[:8].clone(), batch.keys[:8],
+                         torch.randn(min(8, batch_size), mc.z_dim, generator=gen_fixed).to(device))
+            with autocast(device, run.amp):
+                fakes, _, mu, logvar = netG(noise, sent, words, mask)
+            reals = batch.images[-len(fakes):] if mc.dcgan else batch.images[: len(fakes)]
+
+            values: dict[str, float] = {}
+            for i, (d, opt) in enumerate(zip(netsD, optsD)):
+                opt.zero_grad(set_to_none=True)
+                with autocast(device, run.amp):
+                    errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent)
+                errD.backward()
+                average_gradients(d.parameters(), info)
+                opt.step()
+                values[f"errD{i}"] = errD.item()
+
+            for d in netsD:
+                d.requires_grad_(False)  # G's step needs no discriminator weight gradients
+            optG.zero_grad(set_to_none=True)
+            with autocast(device, run.amp):
+                errG = losses.generator_adversarial_loss(netsD, fakes, sent)
+                regions, code = image_encoder(fakes[-1])
+            w0, w1, _ = losses.words_loss(regions, words, batch.lengths, batch.class_ids, g.GAMMA1, g.GAMMA2,
+                                          g.GAMMA3, cfg.TRAIN.PAPER_WORD_EXPONENT)
+            s0, s1 = losses.sent_loss(code, sent, batch.class_ids, g.GAMMA3)
+            kl = losses.kl_loss(mu, logvar)
+            w_loss, s_loss = (w0 + w1) * g.LAMBDA, (s0 + s1) * g.LAMBDA
+            total_g = errG + w_loss + s_loss + kl
+            total_g.backward()
+            average_gradients(netG.parameters(), info)
+            optG.step()
+            for d in netsD:
+                d.requires_grad_(True)
+            with torch.no_grad():
+                for avg, p in ema_params:
+                    avg.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+            step += 1
+            in_epoch += 1
+            values.update(errG=errG.item(), w_loss=w_loss.item(), s_loss=s_loss.item(), kl=kl.item())
+            if not math.isfinite(sum(values.values())):
+                raise AttnGANError(f"GAN loss is not finite at step {step}: {values}; lower the learning rates")
+            progress.update(values)
+            if step % cfg.TRAIN.LOG_INTERVAL == 0 or step == 1:
+                run.scalars(step, values, "gan/train")
+            if info.is_main and cfg.TRAIN.SAMPLE_INTERVAL and step % cfg.TRAIN.SAMPLE_INTERVAL == 0:
+                save_samples(run, netG, ema, text_encoder, vocab, fixed, epoch, step)
+            if cfg.TRAIN.CHECKPOINT_INTERVAL and step % cfg.TRAIN.CHECKPOINT_INTERVAL == 0:
+                save(epoch, in_epoch)
+            if any_flag(stop.requested, info, device):
+                stopped = True
+                break
+            if step >= total:
+                break
+        if stopped:
+            save(epoch, in_epoch)
+            log.info("stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
+                     stop.signal_name or "signal", step)
+            break
+        done = step >= total or epoch + 1 >= cfg.TRAIN.MAX_EPOCH
+        if epoch % cfg.TRAIN.SNAPSHOT_INTERVAL == 0 or done:
+            snapshot(epoch)
+        save(epoch + 1, 0)
+        if done:
+            if info.is_main and fixed is not None:
+                save_samples(run, netG, ema, text_encoder, vocab, fixed, epoch, step)
+            log.info("GAN training done: %d steps, %.2f steps/s; output %s", step, progress.rate(), run.out)
+            break
+    progress.close()
+    return run.out
+
+
+def _report_unknown(data: Path, cfg: Config, vocab) -> None:
+    """Fine-tuning on new data with a fixed vocabulary: say how many of its words the model does not know."""
+    from trainer.data.dataset import load_records
+
+    records = load_records(data, "train", cfg)
+    words = set(records.vocab.ixtoword[1:])
+    unknown = sorted(w for w in words if w not in vocab.wordtoix)
+    if unknown:
+        log.warning("%d of %d words of this data are not in the model's vocabulary and are dropped (e.g. %s)",
+                    len(unknown), len(words), ", ".join(unknown[:8]))
+    else:
+        log.info("all %d words of this data are in the model's vocabulary", len(words))
+
+
+@torch.no_grad()
+def save_samples(run: Run, netG, ema: dict, text_encoder, vocab, fixed, epoch: int, step: int) -> Path:
+    """With the EMA weights: the fixed captions' images at every stage, plus per-word attention grids."""
+    from PIL import Image
+
+    from attngan.render import attention_grid, to_pil
+
+    captions, lengths, _keys, noise = fixed
+    model = copy.deepcopy(netG).eval()
+    model.load_state_dict(ema_state(netG, ema))
+    words, sent = text_encoder(captions, lengths)
+    mask = captions[:, : words.size(2)] == 0
+    n = noise.size(0)
+    fakes, attention, _, _ = model(noise, sent[:n], words[:n], mask[:n])
+    tile = 128
+    rows = []
+    for k in range(n):
+        tokens = [vocab.ixtoword[int(i)] for i in captions[k, : int(lengths[k])]]
+        stage_tiles = [to_pil(f[k]).resize((tile, tile)) for f in fakes]
+        row = stage_tiles
+        if attention:
+            row.append(attention_grid(to_pil(fakes[-1][k]), attention[-1][k].float().cpu().numpy(), tokens,
+                                      tile=tile // 2, columns=9))
+        rows.append(row)
+    width = max(sum(im.width for im in row) for row in rows)
+    height = sum(max(im.height for im in row) for row in rows)
+    sheet = Image.new("RGB", (width, height), "white")
+    y = 0
+    for row in rows:
+        x = 0
+        for im in row:
+            sheet.paste(im, (x, y))
+            x += im.width
+        y += max(im.height for im in row)
+    path = run.image_dir / f"G_average_{epoch}_{step}.png"
+    sheet.save(path)
+    return path
+
+
+def latest_generator(run_dir: str | Path) -> tuple[Path, int]:
+    found = find_latest(Path(run_dir) / "Model", "netG_epoch_")
+    if found is None:
+        raise AttnGANError(f"no netG_epoch_*.pth in {Path(run_dir) / 'Model'}; train the GAN first")
+    return found

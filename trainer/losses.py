@@ -1,0 +1,148 @@
+"""AttnGAN losses (the original `miscc/losses.py`), vectorised over the batch.
+
+DAMSM: every caption is matched against every image of the batch at once (a B x B similarity matrix);
+captions of the same class as the matching one are masked out with -inf, as the original does, so they
+are neither positives nor negatives. GAN: the discriminators return logits and the losses use the
+numerically stable BCE-with-logits form of the original's Sigmoid + BCELoss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-8  # the original's cosine epsilon
+
+
+def same_class_mask(class_ids: Tensor | None, batch_size: int, device: torch.device) -> Tensor | None:
+    """BxB bool, True where i != j but both belong to the same class (those pairs are ignored)."""
+    if class_ids is None:
+        return None
+    class_ids = class_ids.to(device).view(-1)
+    mask = class_ids[:, None] == class_ids[None, :]
+    mask.fill_diagonal_(False)
+    return mask
+
+
+def func_attention(query: Tensor, context: Tensor, gamma1: float, word_mask: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """Word-to-region attention (paper Eq. 8-9).
+
+    query: ... x D x T (words), context: ... x D x R (regions); leading dims broadcast.
+    word_mask: ... x T bool, True for padding words (excluded from the softmax over words).
+    Returns the region context per word (... x D x T) and attention (... x T x R).
+    """
+    logits = torch.matmul(context.transpose(-1, -2), query)  # ... x R x T
+    if word_mask is not None:
+        logits = logits.masked_fill(word_mask.unsqueeze(-2), float("-inf"))
+    attn = torch.softmax(logits, dim=-1)  # over words, per region (Eq. 8)
+    attn = torch.softmax(attn.transpose(-1, -2) * gamma1, dim=-1)  # over regions, per word (Eq. 9): ... x T x R
+    weighted = torch.matmul(context, attn.transpose(-1, -2))  # ... x D x T
+    return weighted, attn
+
+
+def words_loss(region_features: Tensor, words_emb: Tensor, lengths: Tensor, class_ids: Tensor | None,
+               gamma1: float, gamma2: float, gamma3: float, paper_exponent: bool = False
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """DAMSM word-level loss.
+
+    region_features: B x D x H x W (image regions), words_emb: B x D x T, lengths: B (true caption lengths).
+    The original sums exp(gamma2 * cos) over words and takes the log; the paper raises the sum to 1/gamma2,
+    i.e. divides that log by gamma2 (`paper_exponent=True`).
+    Returns (loss images->captions, loss captions->images, attention B x T x H x W of each caption on its image).
+    """
+    batch, dim, height, width = region_features.shape
+    steps = words_emb.size(2)
+    regions = region_features.reshape(batch, dim, height * width).float()
+    words = words_emb.float()
+    lengths = lengths.to(words.device).view(-1).clamp(min=1)
+    pad = torch.arange(steps, device=words.device)[None, :] >= lengths[:, None]  # B(captions) x T
+    # index [j, i]: image j against caption i
+    context, attn = func_attention(words[None], regions[:, None], gamma1, pad[None])  # BxBxDxT, BxBxTxR
+    cos = F.cosine_similarity(words[None].expand_as(context), context, dim=2, eps=EPS)  # B x B x T
+    cos = (cos * gamma2).masked_fill(pad[None], float("-inf"))
+    sim = torch.logsumexp(cos, dim=2)  # B(images) x B(captions)
+    if paper_exponent:
+        sim = sim / gamma2
+    sim = sim * gamma3
+    mask = same_class_mask(class_ids, batch, sim.device)
+    if mask is not None:
+        sim = sim.masked_fill(mask, float("-inf"))
+    labels = torch.arange(batch, device=sim.device)
+    loss0 = F.cross_entropy(sim, labels)
+    loss1 = F.cross_entropy(sim.t(), labels)
+    own = attn[labels, labels].reshape(batch, steps, height, width)  # each caption on its own image
+    return loss0, loss1, own
+
+
+def sent_loss(image_code: Tensor, sent_emb: Tensor, class_ids: Tensor | None, gamma3: float
+              ) -> tuple[Tensor, Tensor]:
+    """DAMSM sentence-level loss: cosine of global image and sentence vectors, both directions."""
+    image_code = image_code.float()
+    sent_emb = sent_emb.float()
+    scores = image_code @ sent_emb.t()
+    norms = image_code.norm(dim=1, keepdim=True) @ sent_emb.norm(dim=1, keepdim=True).t()
+    scores = scores / norms.clamp(min=EPS) * gamma3  # rows: images, columns: sentences
+    mask = same_class_mask(class_ids, scores.size(0), scores.device)
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    labels = torch.arange(scores.size(0), device=scores.device)
+    return F.cross_entropy(scores, labels), F.cross_entropy(scores.t(), labels)
+
+
+def _bce(logits: Tensor, target: float) -> Tensor:
+    logits = logits.float().view(-1)
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def _uncond_head(netD):
+    net = getattr(netD, "module", netD)
+    return getattr(net, "UNCOND_DNET", None)
+
+
+def _cond_head(netD):
+    return getattr(netD, "module", netD).COND_DNET
+
+
+def discriminator_loss(netD, real: Tensor, fake: Tensor, sent_emb: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """One discriminator's loss: real/fake (conditional and unconditional) plus the mismatched pairs.
+
+    "Wrong" pairs are made as the original does: real image k with sentence k+1 (shift by one).
+    """
+    real_features = netD(real)
+    fake_features = netD(fake.detach())
+    cond = _cond_head(netD)
+    cond_real = _bce(cond(real_features, sent_emb), 1.0)
+    cond_fake = _bce(cond(fake_features, sent_emb), 0.0)
+    batch = real_features.size(0)
+    cond_wrong = _bce(cond(real_features[: batch - 1], sent_emb[1:batch]), 0.0)
+    uncond = _uncond_head(netD)
+    parts = {"cond_real": cond_real.item(), "cond_fake": cond_fake.item(), "cond_wrong": cond_wrong.item()}
+    if uncond is not None:
+        real_err = _bce(uncond(real_features), 1.0)
+        fake_err = _bce(uncond(fake_features), 0.0)
+        parts.update(uncond_real=real_err.item(), uncond_fake=fake_err.item())
+        loss = (real_err + cond_real) / 2.0 + (fake_err + cond_fake + cond_wrong) / 3.0
+    else:
+        loss = cond_real + (cond_fake + cond_wrong) / 2.0
+    return loss, parts
+
+
+def generator_adversarial_loss(netsD, fakes: list[Tensor], sent_emb: Tensor) -> Tensor:
+    """Sum over stages of the unconditional and conditional "fool D" terms."""
+    total = fakes[0].new_zeros((), dtype=torch.float32)
+    for netD, fake in zip(netsD, fakes):
+        features = netD(fake)
+        total = total + _bce(_cond_head(netD)(features, sent_emb), 1.0)
+        uncond = _uncond_head(netD)
+        if uncond is not None:
+            total = total + _bce(uncond(features), 1.0)
+    return total
+
+
+def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, sigma) || N(0, 1)) of the conditioning augmentation, as an element-wise mean (the original)."""
+    mu = mu.float()
+    logvar = logvar.float()
+    return torch.mean(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))

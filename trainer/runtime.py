@@ -1,0 +1,211 @@
+"""What both training loops share: device, precision, seeding, output folders, data loaders, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attngan.config import Config
+from attngan.errors import AttnGANError
+from trainer.distributed import DistInfo, ResumableSampler, init_distributed
+
+log = logging.getLogger("trainer")
+
+
+def setup_logging(is_main: bool) -> None:
+    level = logging.INFO if is_main else logging.WARNING
+    root = logging.getLogger("trainer")
+    root.setLevel(level)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+        root.propagate = False
+
+
+def select_device(cfg: Config, info: DistInfo) -> torch.device:
+    if cfg.CUDA and torch.cuda.is_available():
+        index = info.local_rank if info.enabled else cfg.GPU_ID
+        torch.cuda.set_device(index)
+        torch.backends.cudnn.benchmark = True  # as the original; fixed input sizes
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """TRAIN.AMP: auto = bf16 on CUDA GPUs that support it, fp32 on CPU (bf16 is slower there without AMX)."""
+    mode = cfg.TRAIN.AMP.lower()
+    if mode not in ("auto", "bf16", "off"):
+        raise AttnGANError(f"TRAIN.AMP must be auto, bf16 or off, got {cfg.TRAIN.AMP!r}")
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def choose_seed(cfg: Config) -> int:
+    """TRAIN.SEED, or (0) a random seed in 1..10000 as the original; the run records it so a resume reuses it."""
+    return cfg.TRAIN.SEED if cfg.TRAIN.SEED else random.SystemRandom().randint(1, 10000)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Different streams per rank (different noise), identical model init comes from broadcasting rank 0."""
+    s = seed + 1000 * rank
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    torch.manual_seed(s)
+
+
+@dataclass
+class Run:
+    cfg: Config
+    info: DistInfo
+    device: torch.device
+    out: Path
+    amp: torch.dtype | None
+    writer: Any = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / "Model"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.out / "Image"
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+        """TensorBoard scalars plus one JSON line in logs/metrics.jsonl (for scripts and tests)."""
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+            with open(self.out / "logs" / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step, "tag": prefix, **values}) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def resolve_output_dir(cfg: Config, output_dir: str | None, kind: str) -> Path:
+    if output_dir:
+        return Path(output_dir)
+    if cfg.OUTPUT_DIR:
+        return Path(cfg.OUTPUT_DIR)
+    return Path("output") / f"{cfg.DATASET_NAME}_{cfg.CONFIG_NAME or kind}"
+
+
+def open_run(cfg: Config, output_dir: str | None, kind: str) -> Run:
+    """Join the process group (if any), pick the device, create OUTPUT/{Model,Image,logs} on rank 0."""
+    want_cuda = cfg.CUDA and torch.cuda.is_available()
+    info = init_distributed("cuda" if want_cuda else "cpu")
+    setup_logging(info.is_main)
+    device = select_device(cfg, info)
+    out = resolve_output_dir(cfg, output_dir, kind)
+    writer = None
+    if info.is_main:
+        for sub in ("Model", "Image", "logs"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(out / "logs"))
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+    run = Run(cfg=cfg, info=info, device=device, out=out, amp=amp_dtype(cfg, device), writer=writer)
+    log.info("%s training: device %s, world size %d, precision %s, output %s", kind, device, info.world_size,
+             "bf16" if run.amp else "fp32", out)
+    return run
+
+
+def resolve_data_dir(cfg: Config, data_dir: str | None) -> Path:
+    path = Path(data_dir or cfg.DATA_DIR)
+    if not str(path) or not path.is_dir():
+        raise AttnGANError(f"data folder not found: {path or '(empty)'}; pass --data-dir or set DATA_DIR "
+                           "(make a synthetic set with `attngan data synth`)")
+    return path
+
+
+def make_loader(dataset, run: Run, seed: int, *, shuffle: bool = True,
+                batch_size: int | None = None) -> tuple[torch.utils.data.DataLoader, ResumableSampler]:
+    """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    from trainer.data import collate_batch
+
+    batch_size = batch_size or run.cfg.TRAIN.BATCH_SIZE
+    sampler = ResumableSampler(dataset, run.info, seed=seed, shuffle=shuffle, drop_last=True)
+    if sampler.num_samples < batch_size:
+        raise AttnGANError(
+            f"{len(dataset)} images are too few for TRAIN.BATCH_SIZE={batch_size} on {run.info.world_size} "
+            f"process(es); lower TRAIN.BATCH_SIZE (e.g. --set TRAIN.BATCH_SIZE=8) or add data")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=run.cfg.WORKERS, collate_fn=collate_batch,
+        drop_last=True, pin_memory=run.device.type == "cuda", generator=torch.Generator().manual_seed(seed),
+        persistent_workers=run.cfg.WORKERS > 0)
+    return loader, sampler
+
+
+def batches_per_epoch(sampler: ResumableSampler, batch_size: int) -> int:
+    return sampler.num_samples // batch_size
+
+
+class Progress:
+    """A tqdm bar (rate, ETA) on a terminal; otherwise a log line every `every` steps with rate and ETA."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str, every: int = 100):
+        self.total, self.step, self.every = total, initial, max(1, every)
+        self.enabled = enabled
+        self.t0, self.s0 = time.time(), initial
+        self.bar = None
+        self.postfix: dict[str, str] = {}
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, unit="step")
+
+    def update(self, values: dict[str, float] | None = None) -> None:
+        self.step += 1
+        if values:
+            self.postfix = {k: f"{v:.3f}" for k, v in values.items()}
+        if self.bar is not None:
+            self.bar.update(1)
+            if values:
+                self.bar.set_postfix(self.postfix, refresh=False)
+        elif self.enabled and (self.step % self.every == 0 or self.step == self.total):
+            rate = (self.step - self.s0) / max(time.time() - self.t0, 1e-9)
+            eta = (self.total - self.step) / rate if rate > 0 else float("inf")
+            log.info("step %d/%d  %.2f steps/s  ETA %s  %s", self.step, self.total, rate, _fmt_eta(eta),
+                     " ".join(f"{k}={v}" for k, v in self.postfix.items()))
+
+    def rate(self) -> float:
+        return (self.step - self.s0) / max(time.time() - self.t0, 1e-9)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt_eta(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

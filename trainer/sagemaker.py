@@ -1,0 +1,232 @@
+"""SageMaker training entry point: `python -m trainer.sagemaker` (the trainer image's ENTRYPOINT).
+
+Reads the SageMaker contract (root /opt/ml, overridable with SM_ROOT for tests):
+  SM_CHANNEL_TRAIN (data, CUB layout), SM_MODEL_DIR (the bundle goes here), SM_OUTPUT_DATA_DIR (sample grids,
+  logs), input/config/hyperparameters.json (all values are strings), /opt/ml/checkpoints (synced to S3 by
+  SageMaker: a restarted or spot-interrupted job resumes from it), SM_HOSTS / SM_CURRENT_HOST (multi-node).
+Runs DAMSM, then the GAN, then exports the bundle. On error writes one line to output/failure, exits 1.
+
+Hyperparameters: config (synth | bird | coco; default synth), damsm_config / gan_config (YAML paths),
+damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
+gan_set (KEY=VALUE overrides separated by spaces or commas), nproc_per_node (default: GPUs, or 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attngan.errors import AttnGANError
+
+log = logging.getLogger("trainer")
+CFG_DIR = Path(__file__).resolve().parent / "cfg"
+PRESETS = {
+    "synth": ("synth/damsm.yml", "synth/gan.yml"),
+    "bird": ("DAMSM/bird.yml", "bird_attn2.yml"),
+    "coco": ("DAMSM/coco.yml", "coco_attn2.yml"),
+}
+KNOWN = {"config", "damsm_config", "gan_config", "damsm_epochs", "gan_epochs", "max_steps", "set", "damsm_set",
+         "gan_set", "nproc_per_node", "master_port"}
+
+
+@dataclass
+class Job:
+    root: Path
+    data_dir: Path
+    model_dir: Path
+    output_dir: Path
+    checkpoint_dir: Path
+    hosts: list[str]
+    current_host: str
+    damsm_cfg: Path
+    gan_cfg: Path
+    damsm_set: list[str] = field(default_factory=list)
+    gan_set: list[str] = field(default_factory=list)
+    run_damsm: bool = True
+    nproc: int = 1
+    master_port: int = 29500
+
+    @property
+    def node_rank(self) -> int:
+        return self.hosts.index(self.current_host)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.hosts) * self.nproc
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node_rank == 0
+
+
+def _split(text: str) -> list[str]:
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+def _cfg_path(value: str) -> Path:
+    path = Path(value)
+    if not path.is_absolute() and not path.is_file():
+        path = CFG_DIR / value
+    if not path.is_file():
+        raise AttnGANError(f"config {value!r} not found (give a path or one under trainer/cfg/)")
+    return path
+
+
+def read_job(env: dict[str, str] | None = None) -> Job:
+    env = dict(os.environ if env is None else env)
+    root = Path(env.get("SM_ROOT", "/opt/ml"))
+    hp_path = root / "input" / "config" / "hyperparameters.json"
+    hp: dict[str, str] = {}
+    if hp_path.is_file():
+        try:
+            raw = json.loads(hp_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise AttnGANError(f"{hp_path} is not valid JSON: {exc}") from None
+        hp = {str(k): str(v) for k, v in raw.items()}  # SageMaker passes every value as a string
+    unknown = sorted(set(hp) - KNOWN - {k for k in hp if k.startswith("sagemaker_")})
+    if unknown:
+        raise AttnGANError(f"unknown hyperparameters {unknown}; known: {sorted(KNOWN)}")
+    preset = hp.get("config", "synth")
+    if preset not in PRESETS:
+        raise AttnGANError(f"hyperparameter config={preset!r}: choose one of {sorted(PRESETS)}")
+    damsm_default, gan_default = PRESETS[preset]
+
+    def integer(name: str, default: int | None) -> int | None:
+        if name not in hp:
+            return default
+        try:
+            return int(hp[name])
+        except ValueError:
+            raise AttnGANError(f"hyperparameter {name}={hp[name]!r} must be an integer") from None
+
+    common = _split(hp.get("set", ""))
+    damsm_set = common + _split(hp.get("damsm_set", ""))
+    gan_set = common + _split(hp.get("gan_set", ""))
+    damsm_epochs, gan_epochs, max_steps = integer("damsm_epochs", None), integer("gan_epochs", None), \
+        integer("max_steps", None)
+    if damsm_epochs:
+        damsm_set.append(f"TRAIN.MAX_EPOCH={damsm_epochs}")
+    if gan_epochs is not None:
+        gan_set.append(f"TRAIN.MAX_EPOCH={gan_epochs}")
+    if max_steps is not None:
+        damsm_set.append(f"TRAIN.MAX_STEPS={max_steps}")
+        gan_set.append(f"TRAIN.MAX_STEPS={max_steps}")
+    try:
+        hosts = json.loads(env.get("SM_HOSTS", '["algo-1"]'))
+    except json.JSONDecodeError:
+        raise AttnGANError(f"SM_HOSTS is not a JSON list: {env.get('SM_HOSTS')!r}") from None
+    current = env.get("SM_CURRENT_HOST", hosts[0] if hosts else "algo-1")
+    if current not in hosts:
+        raise AttnGANError(f"SM_CURRENT_HOST {current!r} is not in SM_HOSTS {hosts}")
+    gpus = int(env.get("SM_NUM_GPUS", "0") or 0)
+    data_dir = Path(env.get("SM_CHANNEL_TRAIN", root / "input" / "data" / "train"))
+    if not data_dir.is_dir():
+        raise AttnGANError(f"training channel not found: {data_dir} (give the job a 'train' channel)")
+    return Job(
+        root=root, data_dir=data_dir,
+        model_dir=Path(env.get("SM_MODEL_DIR", root / "model")),
+        output_dir=Path(env.get("SM_OUTPUT_DATA_DIR", root / "output" / "data")),
+        checkpoint_dir=Path(env.get("SM_CHECKPOINT_DIR", root / "checkpoints")),
+        hosts=hosts, current_host=current,
+        damsm_cfg=_cfg_path(hp.get("damsm_config", damsm_default)),
+        gan_cfg=_cfg_path(hp.get("gan_config", gan_default)),
+        damsm_set=damsm_set, gan_set=gan_set, run_damsm=damsm_epochs != 0,
+        nproc=integer("nproc_per_node", max(gpus, 1)) or 1,
+        master_port=integer("master_port", 29500) or 29500,
+    )
+
+
+def _train_cmd(job: Job, stage: str, cfg: Path, overrides: list[str], out: Path) -> list[str]:
+    args = ["train", stage, "--cfg", str(cfg), "--data-dir", str(job.data_dir), "--output-dir", str(out)]
+    for o in overrides:
+        args += ["--set", o]
+    if job.world_size == 1:
+        return [sys.executable, "-m", "attngan.cli", *args]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(job.hosts)}",
+            f"--nproc-per-node={job.nproc}", f"--node-rank={job.node_rank}", f"--master-addr={job.hosts[0]}",
+            f"--master-port={job.master_port}", "-m", "attngan.cli", *args]
+
+
+class Stopped(Exception):
+    """The job got SIGTERM/SIGINT; the stage saved its checkpoint; a restarted job resumes from it."""
+
+
+def _run(cmd: list[str], stage: str) -> None:
+    """Run one stage in a child process, forwarding SIGTERM/SIGINT so it can checkpoint and exit."""
+    log.info("%s: %s", stage, " ".join(cmd))
+    child = subprocess.Popen(cmd)
+    got: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        got.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if got:
+        raise Stopped(f"{stage} stopped by signal {got[0]} (exit code {code}); checkpoints are in place")
+    if code != 0:
+        raise AttnGANError(f"{stage} stage failed with exit code {code} (see the log above)")
+
+
+def run_job(job: Job) -> Path | None:
+    from trainer.damsm import latest_encoders
+
+    damsm_out, gan_out = job.checkpoint_dir / "damsm", job.checkpoint_dir / "gan"
+    gan_set = list(job.gan_set)
+    if job.run_damsm:
+        _run(_train_cmd(job, "damsm", job.damsm_cfg, job.damsm_set, damsm_out), "DAMSM")
+        text_path, image_path = latest_encoders(damsm_out)
+        gan_set += [f"TRAIN.NET_E={text_path}", f"TRAIN.NET_IMAGE_E={image_path}"]
+    _run(_train_cmd(job, "gan", job.gan_cfg, gan_set, gan_out), "GAN")
+    if not job.is_leader:
+        return None
+    from trainer.cli import export_run
+
+    bundle = export_run(gan_out, job.model_dir)
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    for sub in ("Image", "logs"):
+        if (gan_out / sub).is_dir():
+            shutil.copytree(gan_out / sub, job.output_dir / f"gan_{sub}", dirs_exist_ok=True)
+    log.info("model bundle written to %s", bundle)
+    return bundle
+
+
+def main(env: dict[str, str] | None = None) -> int:
+    from trainer.runtime import setup_logging
+
+    setup_logging(True)
+    root = Path((env or os.environ).get("SM_ROOT", "/opt/ml"))
+    try:
+        job = read_job(env)
+        run_job(job)
+        return 0
+    except Stopped as exc:
+        log.info("%s", exc)
+        return 0
+    except Exception as exc:  # noqa: BLE001 - SageMaker shows the failure file's line as the job's reason
+        reason = str(exc) if isinstance(exc, AttnGANError) else f"{type(exc).__name__}: {exc}"
+        reason = " ".join(reason.split())[:1000]
+        failure = root / "output" / "failure"
+        try:
+            failure.parent.mkdir(parents=True, exist_ok=True)
+            failure.write_text(reason + "\n", encoding="utf-8")
+        except OSError:
+            pass
+        print(f"attngan: error: {reason}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

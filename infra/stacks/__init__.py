@@ -1,0 +1,1 @@
+"""One CDK stack per concern: storage (ECR + S3), network, service, training, CI."""

@@ -168,7 +168,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     params = list(text.parameters()) + [p for p in image.parameters() if p.requires_grad]
 
     def new_optimizer(lr: float) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), foreach=True)
 
     optimizer = new_optimizer(cfg.TRAIN.ENCODER_LR)
     if ckpt is not None:
@@ -245,6 +245,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             if not math.isfinite(values["w_loss"] + values["s_loss"]):
                 raise AttnGANError(f"DAMSM loss is not finite at step {step}; lower TRAIN.ENCODER_LR")
             progress.update(values)
+            if run.threads is not None:
+                run.threads.maybe_update()
             if step % cfg.TRAIN.LOG_INTERVAL == 0 or step == 1:
                 run.scalars(step, {**values, "lr": lr}, "damsm/train")
             if cfg.TRAIN.CHECKPOINT_INTERVAL and step % cfg.TRAIN.CHECKPOINT_INTERVAL == 0:

@@ -42,6 +42,24 @@ def func_attention(query: Tensor, context: Tensor, gamma1: float, word_mask: Ten
     return weighted, attn
 
 
+def _all_pairs_attention(words: Tensor, regions: Tensor, gamma1: float, pad: Tensor) -> tuple[Tensor, Tensor]:
+    """func_attention of every caption i (words B x D x T) on every image j (regions B x D x R), index [j, i].
+
+    The same Eq. 8-9 as `func_attention(words[None], regions[:, None], ...)`, but as two plain GEMMs: broadcasting
+    the batched matmuls would first copy the regions B times (B x B x R x D), which was the largest memory
+    traffic of a 256 px GAN step.
+    """
+    batch, dim, n_regions = regions.shape
+    steps = words.size(2)
+    flat = regions.transpose(1, 2).reshape(batch * n_regions, dim) @ words.permute(1, 0, 2).reshape(dim, batch * steps)
+    logits = flat.view(batch, n_regions, batch, steps).permute(0, 2, 1, 3)  # j x i x R x T
+    logits = logits.masked_fill(pad[None, :, None, :], float("-inf"))
+    attn = torch.softmax(logits, dim=-1)  # over words, per region (Eq. 8)
+    attn = torch.softmax(attn.transpose(-1, -2) * gamma1, dim=-1)  # over regions, per word (Eq. 9): j x i x T x R
+    weighted = torch.bmm(regions, attn.reshape(batch, batch * steps, n_regions).transpose(1, 2))  # j x D x (i T)
+    return weighted.view(batch, dim, batch, steps).permute(0, 2, 1, 3), attn
+
+
 def words_loss(region_features: Tensor, words_emb: Tensor, lengths: Tensor, class_ids: Tensor | None,
                gamma1: float, gamma2: float, gamma3: float, paper_exponent: bool = False
                ) -> tuple[Tensor, Tensor, Tensor]:
@@ -59,7 +77,7 @@ def words_loss(region_features: Tensor, words_emb: Tensor, lengths: Tensor, clas
     lengths = lengths.to(words.device).view(-1).clamp(min=1)
     pad = torch.arange(steps, device=words.device)[None, :] >= lengths[:, None]  # B(captions) x T
     # index [j, i]: image j against caption i
-    context, attn = func_attention(words[None], regions[:, None], gamma1, pad[None])  # BxBxDxT, BxBxTxR
+    context, attn = _all_pairs_attention(words, regions, gamma1, pad)  # BxBxDxT, BxBxTxR
     cos = F.cosine_similarity(words[None].expand_as(context), context, dim=2, eps=EPS)  # B x B x T
     cos = (cos * gamma2).masked_fill(pad[None], float("-inf"))
     sim = torch.logsumexp(cos, dim=2)  # B(images) x B(captions)

@@ -1,0 +1,44 @@
+"""CPU speed choices of the trainer: thread count under load, bf16 autocast only where it is faster."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from attngan.config import load_config
+from trainer import runtime
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+def test_threads_use_only_idle_cores(two_cores, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert runtime.idle_cores() == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 6.0, 6.0))  # other engineers' jobs hold the cores
+    assert runtime.idle_cores() == 1
+    # our own running threads are not "others": 2 threads on an otherwise idle machine keep 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    assert runtime.idle_cores(own_threads=2) == 2
+
+
+def test_omp_num_threads_caps_the_choice(two_cores, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert runtime.idle_cores() == 1
+
+
+def test_auto_precision_is_bf16_on_cpu_only_with_native_bf16(monkeypatch):
+    cfg = load_config(None, [])
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert runtime.amp_dtype(cfg, cpu) is None
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.amp_dtype(cfg, cpu) == torch.bfloat16
+    off = load_config(None, ["TRAIN.AMP=fp32"])
+    assert runtime.amp_dtype(off, cpu) is None

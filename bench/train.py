@@ -1,0 +1,255 @@
+"""Training benchmark: DAMSM and GAN iterations per second, fp32 against the fast path.
+
+The steps are the trainer's (trainer/damsm.py and trainer/gan.py: the same networks, the same
+`trainer.losses` functions, the same order of D and G updates, Adam(0.5, 0.999), grad clipping, EMA) on
+synthetic batches, so data loading is not in the timing. Loader throughput is measured separately
+against the step rate ("does data loading keep up").
+
+Fast path: bf16 autocast + channels-last + fused Adam (the trainer's TRAIN.AMP / TRAIN.CHANNELS_LAST).
+
+    python bench/train.py                       # synth config and bird config; writes docs/benchmarks.md
+    python bench/train.py --configs synth --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from _common import ROOT, describe, machine, md_table, ratio, time_call, today, write_section
+
+CONFIGS = {"synth": ROOT / "trainer/cfg/synth", "bird": ROOT / "trainer/cfg"}
+
+
+@dataclass
+class Setting:
+    name: str
+    bf16: bool
+    channels_last: bool
+    fused: bool
+
+
+SETTINGS = [Setting("fp32 (baseline)", False, False, False),
+            Setting("bf16 + channels-last + fused Adam", True, True, True)]
+
+
+def load_cfgs(name: str):
+    from attngan.config import load_config
+
+    if name == "synth":
+        return load_config(CONFIGS["synth"] / "damsm.yml"), load_config(CONFIGS["synth"] / "gan.yml")
+    return load_config(CONFIGS["bird"] / "DAMSM/bird.yml"), load_config(CONFIGS["bird"] / "bird_attn2.yml")
+
+
+def fake_batch(cfg, n_words: int, batch: int, sizes: list[int], device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    t = cfg.TEXT.WORDS_NUM
+    lengths = torch.sort(torch.randint(t // 2, t + 1, (batch,), generator=g), descending=True).values
+    captions = torch.randint(1, n_words, (batch, t), generator=g)
+    captions[torch.arange(t)[None, :] >= lengths[:, None]] = 0
+    images = [torch.rand(batch, 3, s, s, generator=g).mul(2).sub(1).to(device) for s in sizes]
+    class_ids = torch.arange(batch)  # all different: no same-class masking
+    return captions.to(device), lengths.to(device), images, class_ids.to(device)
+
+
+def amp(device: str, on: bool):
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+def adam(params, lr: float, fused: bool) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), fused=fused or None)
+    except (RuntimeError, TypeError):  # fused not supported for this device/torch
+        return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+
+
+def damsm_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Callable[[], None]:
+    from trainer import losses
+    from trainer.damsm import build_encoders
+
+    text, image = build_encoders(cfg, n_words)
+    text.to(device).train()
+    image.to(device).train()
+    if s.channels_last:
+        image.to(memory_format=torch.channels_last)
+    params = [p for p in list(text.parameters()) + list(image.parameters()) if p.requires_grad]
+    opt = adam(params, cfg.TRAIN.ENCODER_LR, s.fused)
+    size = cfg.TREE.BASE_SIZE * 2 ** (cfg.TREE.BRANCH_NUM - 1)
+    captions, lengths, images, class_ids = fake_batch(cfg, n_words, batch, [size], device)
+    img = images[-1].contiguous(memory_format=torch.channels_last) if s.channels_last else images[-1]
+    g = cfg.TRAIN.SMOOTH
+
+    def step() -> None:
+        with amp(device, s.bf16):
+            words, sent = text(captions, lengths)
+            regions, code = image(img)
+        w0, w1, _ = losses.words_loss(regions, words, lengths, class_ids, g.GAMMA1, g.GAMMA2, g.GAMMA3)
+        s0, s1 = losses.sent_loss(code, sent, class_ids, g.GAMMA3)
+        loss = w0 + w1 + s0 + s1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(text.parameters(), cfg.TRAIN.RNN_GRAD_CLIP)
+        opt.step()
+
+    return step
+
+
+def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Callable[[], None]:
+    from attngan.model import (
+        Generator,
+        ImageEncoder,
+        ModelConfig,
+        TextEncoder,
+        build_discriminators,
+        init_weights,
+    )
+    from trainer import losses
+
+    mc = ModelConfig.from_config(cfg, n_words)
+    text = TextEncoder(n_words, nhidden=mc.embedding_dim).to(device).eval().requires_grad_(False)
+    image = ImageEncoder(mc.embedding_dim, kind=mc.image_encoder).to(device).eval().requires_grad_(False)
+    netG = Generator(mc)
+    netG.apply(init_weights)
+    netsD = build_discriminators(mc)
+    for d in netsD:
+        d.apply(init_weights)
+    nets = [netG.to(device), *[d.to(device) for d in netsD]]
+    if s.channels_last:
+        for n in [image, *nets]:
+            n.to(memory_format=torch.channels_last)
+    optG = adam(netG.parameters(), cfg.TRAIN.GENERATOR_LR, s.fused)
+    optsD = [adam(d.parameters(), cfg.TRAIN.DISCRIMINATOR_LR, s.fused) for d in netsD]
+    ema = [(p.detach().clone(), p) for p in netG.parameters()]
+    captions, lengths, reals, class_ids = fake_batch(cfg, n_words, batch, mc.image_sizes, device)
+    if s.channels_last:
+        reals = [r.contiguous(memory_format=torch.channels_last) for r in reals]
+    g = cfg.TRAIN.SMOOTH
+
+    def step() -> None:
+        with torch.no_grad():
+            words, sent = text(captions, lengths)
+        mask = captions[:, : words.size(2)] == 0
+        noise = torch.randn(batch, mc.z_dim, device=device)
+        with amp(device, s.bf16):
+            fakes, _, mu, logvar = netG(noise, sent, words, mask)
+        for i, (d, opt) in enumerate(zip(netsD, optsD)):
+            opt.zero_grad(set_to_none=True)
+            with amp(device, s.bf16):
+                errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent)
+            errD.backward()
+            opt.step()
+        for d in netsD:
+            d.requires_grad_(False)
+        optG.zero_grad(set_to_none=True)
+        with amp(device, s.bf16):
+            errG = losses.generator_adversarial_loss(netsD, fakes, sent)
+            regions, code = image(fakes[-1])
+        w0, w1, _ = losses.words_loss(regions, words, lengths, class_ids, g.GAMMA1, g.GAMMA2, g.GAMMA3)
+        s0, s1 = losses.sent_loss(code, sent, class_ids, g.GAMMA3)
+        total = errG + (w0 + w1 + s0 + s1) * g.LAMBDA + losses.kl_loss(mu, logvar)
+        total.backward()
+        optG.step()
+        for d in netsD:
+            d.requires_grad_(True)
+        with torch.no_grad():
+            for avg, p in ema:
+                avg.mul_(0.999).add_(p.detach(), alpha=0.001)
+
+    return step
+
+
+def loader_rate(cfg, data_dir: Path, batch: int, seconds: float) -> float | None:
+    """Images/s the data set's own loading (decode, crop, resize, one worker process = this one) delivers."""
+    from trainer.data import TextImageDataset
+
+    if not data_dir.is_dir():
+        return None
+    ds = TextImageDataset(data_dir, "train", cfg, train=True)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds and n < len(ds):
+        ds[n % len(ds)]
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--configs", default="synth,bird", help="comma list of synth, bird")
+    p.add_argument("--batch", type=int, default=0,
+                   help="batch size for every config (default: the config's own on GPU; on CPU synth's own and 2 for "
+                        "bird, whose 256 px discriminators take tens of seconds per step at batch 20 on 2 cores)")
+    p.add_argument("--seconds", type=float, default=0, help="time per measurement (default 3 on CPU, 2 on GPU)")
+    p.add_argument("--n-words", type=int, default=0, help="vocabulary size (default: 5450 bird, 400 synth)")
+    p.add_argument("--data", default="", help="a data set to measure loader throughput on (default: none)")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    gpu = device.startswith("cuda")
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_flush_denormal(True)
+    seconds = args.seconds or (2.0 if gpu else 3.0)
+    mach = machine(device)
+    print(f"machine: {describe(mach)}", flush=True)
+    t_start = time.perf_counter()
+    rows, notes = [], []
+    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
+        damsm_cfg, gan_cfg = load_cfgs(name)
+        n_words = args.n_words or (5450 if name == "bird" else 400)
+        for kind, cfg, fn in (("DAMSM", damsm_cfg, damsm_step_fn), ("GAN", gan_cfg, gan_step_fn)):
+            batch = args.batch or (cfg.TRAIN.BATCH_SIZE if gpu or name == "synth" else 2)
+            base = None
+            for s in SETTINGS:
+                try:
+                    torch.manual_seed(0)
+                    step = fn(cfg, s, device, batch, n_words)
+                    t = time_call(step, device, min_runs=2 if not gpu else 5, min_seconds=seconds, warmup=1)
+                except Exception as exc:  # noqa: BLE001 - report a path this machine can't run, go on
+                    print(f"  {name} {kind} {s.name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+                    continue
+                its = 1 / t["median"]
+                base = base or its
+                print(f"  {name:5s} {kind:5s} batch {batch:3d} {s.name:36s} {its:8.3f} it/s "
+                      f"({its * batch:7.1f} images/s, {t['runs']} runs)", flush=True)
+                rows.append([name, kind, batch, s.name, f"{its:.3f}", f"{its * batch:.1f}", ratio(its, base)])
+                del step
+        if args.data:
+            rate = loader_rate(gan_cfg, Path(args.data), gan_cfg.TRAIN.BATCH_SIZE, 3.0)
+            if rate:
+                notes.append(f"{name}: the data loader delivers {rate:.0f} images/s per worker process on "
+                             f"{args.data} (GAN config transforms).")
+    table = md_table(["config", "stage", "batch", "path", "iterations/s", "images/s", "vs fp32"], rows)
+    print("\n" + table)
+    for n in notes:
+        print(n)
+    wall = time.perf_counter() - t_start
+    body = f"""Measured {today()} with `python bench/train.py --configs {args.configs}` ({wall:.0f} s).
+Machine: {describe(mach)}. One optimizer iteration = the trainer's step (DAMSM: both encoders, word + sentence
+losses, clip, Adam; GAN: G forward, every D's update, G's update with the DAMSM losses and KL, EMA) on synthetic
+batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (bird) / 400 (synth)'} words.
+
+{table}
+"""
+    if notes:
+        body += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    if not gpu:
+        body += ("\nNo GPU was available for this run; the GPU target (bird config, batch 20, >= 10 GAN iterations/s) "
+                 "is unmeasured. On CPU the bird config runs at batch 2 to stay within the time budget; run "
+                 "`python bench/train.py --configs bird` on a CUDA machine for the batch-20 figure.\n")
+    if not args.no_write:
+        print(f"wrote section 'Training' of {write_section('Training', body)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

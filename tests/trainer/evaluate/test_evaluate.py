@@ -1,0 +1,106 @@
+"""`attngan evaluate` end to end on a tiny data set and bundle, and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from attngan.cli import main
+
+torch.set_num_threads(1)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["evaluate", *args, "--quiet"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_bundle_dir, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    logs = tmp_path / "run" / "logs"
+    w = SummaryWriter(str(logs))
+    for step in range(5):
+        w.add_scalar("gan/errG", 1.0 / (step + 1), step)
+        w.add_scalar("gan/errD0", 0.5, step)
+    w.close()
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
+                                "--images", "20", "--batch-size", "8", "--samples", "2", "--logs", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "R-precision" in stdout
+    m = json.loads((out / "metrics.json").read_text())
+    rp = m["r_precision"]
+    assert rp["n_images"] == 20 and rp["candidates"] == 100 and 0.0 <= rp["mean"] <= 1.0
+    damsm = m["fid"]["damsm"]
+    assert damsm["label"] == "DAMSM-FID" and "NOT comparable" in damsm["note"]
+    assert damsm["value"] >= 0 and damsm["untrained"] >= 0
+    assert "skipped" in m["fid"]["inception"] and "skipped" in m["inception_score"]
+    assert "attributes.json" in m["faithfulness"]["skipped"]
+    c = m["complexity"]
+    assert c["parameters"]["generator"] > 0 and set(c["flops_per_image"]) == {"64", "128"}
+    assert c["flops_per_image"]["128"] > c["flops_per_image"]["64"] > 0
+    assert c["bundle_bytes"] > 0 and c["cpu_latency"]["median_ms"] > 0
+    report = (out / "report.md").read_text()
+    assert "NOT the paper's numbers" in report and "DAMSM-FID" in report and "Skipped:" in report
+    for png in ("samples.png", "training_curves.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_missing_bundle_is_one_line_error(tmp_path, tiny_data, capsys):
+    code, _, err = run_cli(capsys, "--bundle", str(tmp_path / "nope"), "--data", str(tiny_data),
+                           "--out", str(tmp_path / "o"))
+    assert code == 1 and err.count("\n") == 1 and "bundle not found" in err
+
+
+def test_wrong_vocabulary_is_a_clear_error(tmp_path, tiny_data, capsys, make_bundle):
+    other = make_bundle(tmp_path / "other", tiny_data, words=["cat", "dog", "sat", "mat"])
+    code, _, err = run_cli(capsys, "--bundle", str(other), "--data", str(tiny_data), "--out", str(tmp_path / "o"))
+    assert code == 1 and err.count("\n") == 1
+    assert "vocabulary does not match" in err and "bird" in err
+
+
+def test_forced_faithfulness_without_attributes_fails(tmp_path, tiny_data, tiny_bundle_dir, capsys):
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data),
+                           "--out", str(tmp_path / "o"), "--faithfulness", "on")
+    assert code == 1 and "attributes.json" in err
+
+
+def test_bad_flags_fail_before_work(tmp_path, tiny_data, tiny_bundle_dir, capsys):
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data),
+                           "--out", str(tmp_path / "o"), "--logs", str(tmp_path))
+    assert code == 1 and "no TensorBoard event files" in err
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data),
+                           "--out", str(tmp_path / "o"), "--inception-weights", str(tmp_path / "none.pth"))
+    assert code == 1 and "file not found" in err
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "nodata"),
+                           "--out", str(tmp_path / "o"))
+    assert code == 1 and "not found" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_plan_items_follows_dm_gan_loop(tiny_data, tiny_bundle_dir):
+    from attngan.bundle import load_bundle
+    from trainer.evaluate.run import load_test_set, plan_items
+
+    ts = load_test_set(tiny_data, load_bundle(tiny_bundle_dir), "cub")
+    items = plan_items(ts, 30, seed=0)
+    assert len(items) == 30
+    first_pass = [i for i, _ in items[: len(ts.dataset)]]
+    assert sorted(first_pass) == list(range(len(ts.dataset)))  # every test image once per pass
+    assert items == plan_items(ts, 30, seed=0)
+
+
+def test_named_attributes_are_matched_by_caption_words(tmp_path, make_cub, make_bundle):
+    from attngan.bundle import load_bundle
+    from trainer.evaluate.run import load_test_set, named_for_items
+
+    data = make_cub(tmp_path / "d", with_attributes=True)
+    bundle = make_bundle(tmp_path / "b", data)
+    ts = load_test_set(data, load_bundle(bundle), "cub")
+    attrs = json.loads((data / "attributes.json").read_text())["images"]
+    named = named_for_items([(0, 3), (len(ts.dataset) - 1, 9)], ts, attrs)
+    assert named[0] == attrs[ts.dataset.keys[0]]["captions"][3]["named"]
+    assert named[1]["crown"] == attrs[ts.dataset.keys[-1]]["attributes"]["crown"]

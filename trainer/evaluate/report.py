@@ -1,0 +1,215 @@
+"""The evaluation's outputs: metrics.json, report.md, the sample grid and the training-curve plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from trainer.evaluate.complexity import human
+
+REPORT_NOTE = (
+    "These numbers are measured by `attngan evaluate` on the data set named above. They are NOT the paper's "
+    "numbers: published CUB figures use 30,000 images, real CUB, and (for IS/FID) specific Inception weights."
+)
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont:
+    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
+def write_metrics_json(out_dir: Path, metrics: dict[str, Any]) -> Path:
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=False, default=float) + "\n", encoding="utf-8")
+    return path
+
+
+def sample_grid(rows: list[dict[str, Any]], width: int = 1024) -> Image.Image:
+    """One block per caption: the caption, its 64/128/256 images side by side, then its attention grids.
+
+    rows: [{"caption": str, "images": [PIL...], "attention": [PIL...]}].
+    """
+    font = _font(14)
+    pad = 8
+    blocks: list[Image.Image] = []
+    for row in rows:
+        imgs: list[Image.Image] = row["images"]
+        att: list[Image.Image] = row.get("attention", [])
+        img_h = max(i.height for i in imgs)
+        parts_h = 24 + img_h + sum(pad + a.height * min(1.0, (width - 2 * pad) / a.width) for a in att) + pad
+        block = Image.new("RGB", (width, int(parts_h)), "white")
+        draw = ImageDraw.Draw(block)
+        draw.text((pad, 4), row["caption"], fill="black", font=font)
+        x = pad
+        for im in imgs:  # bottom-aligned at native sizes, so the 64 and 128 images look their size
+            block.paste(im.convert("RGB"), (x, 24 + img_h - im.height))
+            draw.text((x, 24 + img_h - im.height - 0), "", fill="black")
+            x += im.width + pad
+        y = 24 + img_h + pad
+        for a in att:
+            scale = min(1.0, (width - 2 * pad) / a.width)
+            a = a.convert("RGB").resize((int(a.width * scale), int(a.height * scale)))
+            block.paste(a, (pad, y))
+            y += a.height + pad
+        blocks.append(block)
+    total_h = sum(b.height for b in blocks) + pad * (len(blocks) + 1)
+    grid = Image.new("RGB", (width, max(total_h, 1)), (230, 230, 230))
+    y = pad
+    for b in blocks:
+        grid.paste(b, (0, y))
+        y += b.height + pad
+    return grid
+
+
+def read_scalars(logs_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in the TensorBoard event files under `logs_dir` (recursively), by tag."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    files = sorted(p for p in Path(logs_dir).rglob("events.out.tfevents.*") if p.is_file())
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            series[tag].extend((e.step, float(e.value)) for e in acc.Scalars(tag))
+    return {tag: sorted(v) for tag, v in series.items()}
+
+
+def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Path) -> Path:
+    """One panel per tag group (the part before '/'), one line per tag."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    for tag in series:
+        groups[tag.split("/")[0] if "/" in tag else tag].append(tag)
+    n = len(groups)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    for ax, (group, tags) in zip(axes.flat, sorted(groups.items())):
+        for tag in sorted(tags):
+            steps, values = zip(*series[tag])
+            ax.plot(steps, values, label=tag.split("/", 1)[-1], linewidth=1)
+        ax.set_title(group)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(tags) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def render_markdown(m: dict[str, Any]) -> str:
+    """report.md from the metrics dictionary (the same one written to metrics.json)."""
+    L: list[str] = []
+    b, d = m["bundle"], m["data"]
+    L += [f"# Evaluation of bundle `{b['version']}`", "",
+          (f"- Bundle: `{b['path']}`; data: `{d['path']}` ({d['split']} split, {d['n_items']} images, "
+          f"{d['n_classes']} classes); {m['protocol']['n_images']} generated images, seed {m['protocol']['seed']}, "
+          f"device {m['protocol']['device']}, {m['protocol']['seconds']:.0f} s."),
+          f"- {REPORT_NOTE}", ""]
+    if d.get("unknown_word_rate"):
+        L += [(f"- {100 * d['unknown_word_rate']:.1f}% of the test captions' words are not in the bundle's "
+              f"vocabulary and were dropped."), ""]
+    # Quality
+    L += ["## Quality", "", "| metric | value | reference point | notes |", "|---|---|---|---|"]
+    rp = m.get("r_precision")
+    if rp and "mean" in rp:
+        L.append(f"| R-precision (top-1 of {rp['candidates']}) | {_pct(rp['mean'])} ± {_pct(rp['std'])} | "
+                 f"chance {_pct(rp['chance'])} | DM-GAN protocol, {rp['folds']} folds of {rp['n_images']} images; "
+                 f"DAMSM = the bundle's own encoders |")
+    elif rp:
+        L.append(f"| R-precision | skipped | | {rp.get('skipped')} |")
+    fid = m.get("fid", {})
+    for key, row in fid.items():
+        if not isinstance(row, dict):
+            continue
+        if "value" in row:
+            ref = f"untrained generator: {row['untrained']:.4g}" if row.get("untrained") is not None else ""
+            L.append(f"| {row['label']} | {row['value']:.4g} | {ref} | {row['note']} |")
+        elif "skipped" in row:
+            label = {"inception": "FID (Inception-v3)", "damsm": "DAMSM-FID"}.get(key, key)
+            L.append(f"| {label} | skipped | | {row['skipped']} |")
+    isc = m.get("inception_score")
+    if isc and "mean" in isc:
+        L.append(f"| Inception Score | {isc['mean']:.2f} ± {isc['std']:.2f} | | {isc['note']} |")
+    elif isc:
+        L.append(f"| Inception Score | skipped | | {isc.get('skipped')} |")
+    L.append("")
+    # Faithfulness
+    f = m.get("faithfulness")
+    L += ["## Caption faithfulness (synthetic birds)", ""]
+    if not f or "skipped" in f:
+        L += [f"Skipped: {f.get('skipped') if f else 'not run'}", ""]
+    else:
+        j, g = f["judge"], f["generated"]
+        L += [(f"An attribute classifier trained on {j['n_train']} real synthetic renders judges each generated "
+              f"bird on the attributes its caption names. Its own accuracy on {j['n_held_out']} real held-out "
+              f"renders is **{_pct(j['held_out']['accuracy'])}**; generated birds: **{_pct(g['accuracy'])}** of "
+              f"{g['n']} named attributes correct; {_pct(g['per_image_all_correct'])} of birds have every named "
+              f"attribute right."), "",
+              "| attribute | generated (named in caption) | judge on real renders |", "|---|---|---|"]
+        for part in j["held_out"]["per_part"]:
+            gen = g["per_part"].get(part)
+            cnt = g["counts"].get(part, 0)
+            L.append(f"| {part} | {_pct(gen)} ({cnt}) | {_pct(j['held_out']['per_part'][part])} |")
+        L.append("")
+    # Bars
+    bars = m.get("quality_bars")
+    if bars:
+        L += ["## Quality bars", "", "| bar | target | measured | met |", "|---|---|---|---|"]
+        for bar in bars:
+            L.append(f"| {bar['name']} | {bar['target']} | {bar['measured']} | {'yes' if bar['met'] else 'NO'} |")
+        L.append("")
+        missed = [bar for bar in bars if not bar["met"]]
+        if missed:
+            L += ["Bars not reached: " + "; ".join(f"{bar['name']}: {bar.get('why', '')}" for bar in missed), ""]
+    # Complexity
+    c = m.get("complexity")
+    if c:
+        L += ["## Complexity", "", "| network | parameters |", "|---|---|"]
+        for net, n in c["parameters"].items():
+            L.append(f"| {net} | {n:,} ({human(n)}) |")
+        L += ["", "| image size | FLOPs per image (text encoder + generator up to that size) |", "|---|---|"]
+        for size, fl in c["flops_per_image"].items():
+            L.append(f"| {size} px | {human(fl, 'FLOP')} |")
+        L += ["", f"- Bundle size on disk: {c['bundle_bytes'] / 1e6:.1f} MB",
+              (f"- CPU latency, batch 1, caption to all images: median {c['cpu_latency']['median_ms']:.0f} ms over "
+              f"{c['cpu_latency']['runs']} runs ({c['cpu_latency']['threads']} threads, fp32)"),
+              "- FLOPs count matmul/conv multiply-adds as 2 (torch.utils.flop_counter).", ""]
+    # Pictures
+    pics = m.get("pictures", {})
+    if pics:
+        L += ["## Pictures", ""]
+        if pics.get("samples"):
+            L += ["Test captions with their 64/128/256 images and per-word attention maps:", "",
+                  f"![samples]({pics['samples']})", ""]
+        if pics.get("training_curves"):
+            L += ["Training curves:", "", f"![training curves]({pics['training_curves']})", ""]
+        elif pics.get("training_curves_skipped"):
+            L += [f"Training curves: {pics['training_curves_skipped']}", ""]
+    L += ["## How to get the paper-protocol numbers", "",
+          ("On real CUB (`--data` the CUB folder with `captions.pickle`), use `--images 30000` and give "
+          "`--inception-weights` a local Inception-v3 file; R-precision then follows DM-GAN's protocol exactly "
+          "(30,000 images, 10 folds, 99 mismatched captions from other classes)."), ""]
+    return "\n".join(L)

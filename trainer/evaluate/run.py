@@ -1,0 +1,615 @@
+"""`attngan evaluate`: generate from test captions and measure, then write metrics.json, report.md and PNGs.
+
+Order of work: check every input first (bundle, data, vocabulary, weights, logs, attributes), so a bad
+flag fails in a second, not after an hour; then train or load the attribute judge; then ONE streaming pass
+over the generated images that feeds every metric (R-precision codes, FID/IS features, the judge), the
+same pass for the untrained generator (FID reference point), the real test images, complexity, pictures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from attngan.bundle import Bundle, load_bundle
+from attngan.config import load_config
+from attngan.errors import AttnGANError
+from attngan.text import pad_caption
+from trainer.evaluate import complexity, faithfulness, report
+from trainer.evaluate.fid import feature_stats, frechet_distance, inception_score
+from trainer.evaluate.rprecision import fold_stats, r_precision_hits, sample_mismatched
+
+log = logging.getLogger(__name__)
+
+MAX_UNKNOWN_WORD_RATE = 0.2  # more test-caption words than this missing from the bundle's vocabulary: wrong data set
+
+
+@dataclass
+class EvalOptions:
+    bundle: Path
+    data: Path
+    out: Path
+    images: int = 1000
+    inception_weights: str = ""
+    logs: str = ""
+    batch_size: int = 32
+    device: str = "auto"
+    seed: int = 100  # the original's evaluation seed
+    folds: int = 10
+    faithfulness: str = "auto"  # auto | on | off
+    data_format: str = "cub"
+    samples: int = 6
+    untrained: bool = True
+    latency_runs: int = 5
+    classifier_epochs: int = 8
+    judge_renders: int = 2000  # fresh synthetic renders added to the judge's training set
+    progress: bool = True
+
+
+@dataclass
+class TestSet:
+    """The test split with its captions encoded in the BUNDLE's vocabulary."""
+
+    dataset: Any
+    captions: list[list[list[int]]]  # per image, per caption: bundle ids
+    tokens: list[list[list[str]]]  # per image, per caption: the data set's words (for matching attributes)
+    unknown_rate: float
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AttnGANError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def load_test_set(data: Path, bundle: Bundle, data_format: str) -> TestSet:
+    from trainer.data.dataset import TextImageDataset
+
+    mc = bundle.config
+    cfg = load_config(None, [f"TREE.BRANCH_NUM={max(mc.branch_num, 1)}", "TREE.BASE_SIZE=64",
+                             f"TEXT.WORDS_NUM={mc.words_num}", f"DATA_FORMAT={data_format}"])
+    if not Path(data).is_dir():
+        raise AttnGANError(f"data directory not found: {data}")
+    ds = TextImageDataset(data, "test", cfg, vocab=None, train=False)
+    wordtoix = bundle.vocab.wordtoix
+    caps, toks = [], []
+    known = total = 0
+    missing: dict[str, int] = {}
+    for i in range(len(ds)):
+        per_ids, per_tok = [], []
+        for ids in ds.captions(i):
+            words = [ds.vocab.ixtoword[j] for j in ids]
+            mapped = [wordtoix[w] for w in words if w in wordtoix]
+            for w in words:
+                if w not in wordtoix:
+                    missing[w] = missing.get(w, 0) + 1
+            known += len(mapped)
+            total += len(words)
+            per_ids.append(mapped)
+            per_tok.append(words)
+        caps.append(per_ids)
+        toks.append(per_tok)
+    rate = 1 - known / total if total else 1.0
+    if rate > MAX_UNKNOWN_WORD_RATE:
+        examples = ", ".join(sorted(missing, key=lambda w: -missing[w])[:5])
+        raise AttnGANError(
+            f"the bundle's vocabulary does not match the data set: {100 * rate:.0f}% of the test captions' words "
+            f"are unknown to it (e.g. {examples}); evaluate a bundle trained on {data}, or the data it was trained on"
+        )
+    return TestSet(ds, caps, toks, rate)
+
+
+def check_logs(logs: str) -> Path | None:
+    if not logs:
+        return None
+    path = Path(logs)
+    if not path.is_dir():
+        raise AttnGANError(f"--logs {logs}: directory not found (give a training output dir or its logs/ folder)")
+    if not any(path.rglob("events.out.tfevents.*")):
+        raise AttnGANError(f"--logs {logs}: no TensorBoard event files under it (expected OUTPUT/logs/events.out.tfevents.*)")
+    return path
+
+
+def plan_items(ts: TestSet, n: int, seed: int) -> list[tuple[int, int]]:
+    """DM-GAN's loop: passes over the test split, one random caption per image per pass, until n items."""
+    rng = np.random.default_rng(seed)
+    usable = [i for i, caps in enumerate(ts.captions) if any(caps)]
+    if not usable:
+        raise AttnGANError("no test caption has a word in the bundle's vocabulary")
+    items: list[tuple[int, int]] = []
+    while len(items) < n:
+        for i in rng.permutation(usable):
+            nonempty = [k for k, c in enumerate(ts.captions[i]) if c]
+            items.append((int(i), int(rng.choice(nonempty))))
+            if len(items) == n:
+                break
+    return items
+
+
+# --------------------------------------------------------------------------------------------- Inception
+
+
+class InceptionFeatures(nn.Module):
+    """The project's Inception-v3 (attngan.inception) with the user's local weights: pool3 (2048) + class probs."""
+
+    def __init__(self, weights: str) -> None:
+        super().__init__()
+        from attngan.inception import inception_blocks, load_inception_weights, read_state_dict
+
+        for name, block in inception_blocks().items():
+            setattr(self, name, block)
+        load_inception_weights(self, weights)
+        state = read_state_dict(weights)
+        self.fc: nn.Linear | None = None
+        if "fc.weight" in state:
+            w = state["fc.weight"]
+            self.fc = nn.Linear(w.shape[1], w.shape[0])
+            self.fc.load_state_dict({"weight": w, "bias": state.get("fc.bias", torch.zeros(w.shape[0]))})
+        self.eval().requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from attngan.inception import inception_forward
+
+        x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+        _, x = inception_forward(self, x)
+        pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        probs = torch.softmax(self.fc(pool), dim=1) if self.fc is not None else None
+        return pool, probs
+
+
+# --------------------------------------------------------------------------------------------- generation
+
+
+@dataclass
+class PassResult:
+    img_codes: list[np.ndarray] = field(default_factory=list)  # DAMSM global codes of the generated 256 images
+    sent: list[np.ndarray] = field(default_factory=list)  # DAMSM sentence embeddings of their captions
+    damsm_feats: list[np.ndarray] = field(default_factory=list)
+    incep_feats: list[np.ndarray] = field(default_factory=list)
+    incep_probs: list[np.ndarray] = field(default_factory=list)
+    judged: list[np.ndarray] = field(default_factory=list)  # attribute predictions
+
+    def cat(self, name: str) -> np.ndarray | None:
+        parts = getattr(self, name)
+        return np.concatenate(parts) if parts else None
+
+
+def encode_batch(ids_list: list[list[int]], words_num: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, lengths = [], []
+    for ids in ids_list:
+        arr, n = pad_caption(ids, words_num, rng=None)
+        rows.append(arr)
+        lengths.append(n)
+    return torch.from_numpy(np.stack(rows)).to(device), torch.tensor(lengths, dtype=torch.int64)
+
+
+@torch.no_grad()
+def generation_pass(desc: str, items: list[tuple[int, int]], ts: TestSet, text_encoder: nn.Module,
+                    generator: nn.Module, image_encoder: nn.Module | None, incep: InceptionFeatures | None,
+                    judge_model: faithfulness.AttributeClassifier | None, words_num: int, z_all: torch.Tensor,
+                    eps_all: torch.Tensor, batch_size: int, device: torch.device, progress: bool) -> PassResult:
+    res = PassResult()
+    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        captions, lengths = encode_batch([ts.captions[i][k] for i, k in chunk], words_num, device)
+        words, sent = text_encoder(captions, lengths.to(device))
+        mask = captions[:, : words.size(2)] == 0
+        z = z_all[start:start + len(chunk)].to(device)
+        eps = eps_all[start:start + len(chunk)].to(device)
+        images = generator(z, sent, words, mask, eps)[0]
+        last = images[-1].float().clamp(-1, 1)
+        res.sent.append(sent.float().cpu().numpy())
+        if image_encoder is not None:
+            _, code = image_encoder(last)
+            res.img_codes.append(code.float().cpu().numpy())
+            res.damsm_feats.append(code.float().cpu().numpy())
+        if incep is not None:
+            pool, probs = incep(last)
+            res.incep_feats.append(pool.cpu().numpy())
+            if probs is not None:
+                res.incep_probs.append(probs.cpu().numpy())
+        if judge_model is not None:
+            res.judged.append(faithfulness.predict(judge_model, last, device=str(device)).numpy())
+        bar.update(len(chunk))
+    bar.close()
+    return res
+
+
+@torch.no_grad()
+def real_features(ts: TestSet, image_encoder: nn.Module | None, incep: InceptionFeatures | None, batch_size: int,
+                  device: torch.device, progress: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Features of every real test image (largest size, centre crop) for the FID reference statistics."""
+    damsm, inc = [], []
+    n = len(ts.dataset)
+    bar = tqdm(total=n, desc="real test images", unit="img", disable=not progress)
+    for start in range(0, n, batch_size):
+        batch = torch.stack([ts.dataset.images(i)[-1] for i in range(start, min(n, start + batch_size))]).to(device)
+        if image_encoder is not None:
+            damsm.append(image_encoder(batch)[1].float().cpu().numpy())
+        if incep is not None:
+            inc.append(incep(batch)[0].cpu().numpy())
+        bar.update(len(batch))
+    bar.close()
+    return (np.concatenate(damsm) if damsm else None), (np.concatenate(inc) if inc else None)
+
+
+# --------------------------------------------------------------------------------------------- faithfulness
+
+
+def faithfulness_inputs(opts: EvalOptions, ts: TestSet, device: torch.device
+                        ) -> tuple[faithfulness.CachedClassifier | None, dict[str, Any] | None, str | None]:
+    """(judge, attribute records, reason skipped)."""
+    att_file = Path(opts.data) / "attributes.json"
+    if opts.faithfulness == "off":
+        return None, None, "turned off (--faithfulness off)"
+    if not att_file.is_file():
+        reason = (f"{opts.data} has no attributes.json (only synthetic-bird data sets made by `attngan data synth` "
+                  "carry ground-truth attributes)")
+        if opts.faithfulness == "on":
+            raise AttnGANError(f"--faithfulness on: {reason}")
+        return None, None, reason
+    from trainer.data import synth
+
+    attrs = synth.load_attributes(opts.data)
+    parts = {p: list(v) for p, v in synth.ATTRIBUTE_VALUES.items()}
+    train_imgs, train_labels = judge_training_set(opts, attrs, parts)
+    held_imgs, held_labels = split_images(ts.dataset, attrs, parts, "real held-out renders", opts.progress)
+    key = faithfulness.fingerprint(opts.data, len(train_imgs), opts.judge_renders)
+    judge = faithfulness.get_classifier(opts.out, Path(opts.data), train_imgs, train_labels, held_imgs, held_labels,
+                                        parts, key=key, device=str(device), epochs=opts.classifier_epochs,
+                                        progress=opts.progress)
+    return judge, attrs, None
+
+
+def split_images(ds: Any, attrs: dict[str, Any], parts: dict[str, list[str]], desc: str, progress: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest stage of each image of a split that has attributes, with its labels."""
+    imgs, recs = [], []
+    for i in tqdm(range(len(ds)), desc=desc, unit="img", disable=not progress, leave=False):
+        rec = attrs.get(ds.keys[i])
+        if rec is None:
+            continue
+        img = ds.images(i)[0]
+        if img.shape[-1] != faithfulness.INPUT_SIZE:
+            img = F.interpolate(img[None], size=faithfulness.INPUT_SIZE, mode="bilinear", antialias=True,
+                                align_corners=False)[0]
+        imgs.append(img)
+        recs.append(rec["attributes"])
+    if not imgs:
+        raise AttnGANError(f"{desc}: no image of the split is listed in attributes.json")
+    return torch.stack(imgs), faithfulness.encode_labels(recs, parts)
+
+
+def fresh_renders(n: int, parts: dict[str, list[str]], seed: int, progress: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` new birds with every part drawn uniformly (so every value of every part is seen, unlike the data
+    set's fixed species), cropped and scaled exactly as the data loader does."""
+    from trainer.data import synth
+    from trainer.data.transforms import crop_to_bbox, image_pyramid
+
+    rng = np.random.default_rng([seed, 7])
+    imgs, recs = [], []
+    for _ in tqdm(range(n), desc="judge: fresh renders", unit="img", disable=not progress, leave=False):
+        attrs = {p: vals[int(rng.integers(len(vals)))] for p, vals in parts.items()}
+        render = getattr(synth, "_render", None)
+        if render is not None:  # with its bounding box, to crop as the loader crops data set images
+            img, bbox = render(attrs, 256, rng)
+            img = crop_to_bbox(img, bbox)
+        else:
+            img = synth.render_bird(attrs, 256, rng)
+        imgs.append(image_pyramid(img, [faithfulness.INPUT_SIZE], train=False)[0])
+        recs.append(attrs)
+    return torch.stack(imgs), faithfulness.encode_labels(recs, parts)
+
+
+def judge_training_set(opts: EvalOptions, attrs: dict[str, Any], parts: dict[str, list[str]]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set's TRAIN renders (never the test ones the judge is judged on) plus fresh renders."""
+    from trainer.data.dataset import TextImageDataset
+
+    cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=64", f"DATA_FORMAT={opts.data_format}"])
+    train = TextImageDataset(opts.data, "train", cfg, vocab=None, train=False)
+    imgs, labels = split_images(train, attrs, parts, "judge: data set train renders", opts.progress)
+    if opts.judge_renders > 0:
+        extra_imgs, extra_labels = fresh_renders(opts.judge_renders, parts, opts.seed, opts.progress)
+        imgs, labels = torch.cat([imgs, extra_imgs]), torch.cat([labels, extra_labels])
+    return imgs, labels
+
+
+def named_for_items(items: list[tuple[int, int]], ts: TestSet, attrs: dict[str, Any]) -> list[dict[str, str]]:
+    """For each generated item, the attributes its caption names (matched by the caption's words)."""
+    from attngan.text import tokenize
+
+    by_key: dict[str, dict[tuple[str, ...], dict[str, str]]] = {}
+    out = []
+    for i, k in items:
+        key = ts.dataset.keys[i]
+        if key not in by_key:
+            rec = attrs.get(key, {})
+            by_key[key] = {tuple(tokenize(c["text"])): dict(c.get("named", {})) for c in rec.get("captions", [])}
+        out.append(by_key[key].get(tuple(ts.tokens[i][k]), {}))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- complexity
+
+
+def measure_complexity(bundle: Bundle, text_encoder: nn.Module, generator: nn.Module,
+                       image_encoder: nn.Module | None, runs: int) -> dict[str, Any]:
+    import copy
+
+    from attngan.model import build_discriminators
+
+    mc = bundle.config
+    te, g = copy.deepcopy(text_encoder).cpu().eval(), copy.deepcopy(generator).cpu().eval()
+    params = {"text_encoder": complexity.count_parameters(te), "generator": complexity.count_parameters(g)}
+    if image_encoder is not None:
+        params["image_encoder"] = complexity.count_parameters(image_encoder)
+        if mc.image_encoder == "inception":
+            from attngan.inception import INCEPTION_NAMES
+
+            params["image_encoder (trained part, without frozen Inception)"] = sum(
+                p.numel() for n, p in image_encoder.named_parameters() if n.split(".")[0] not in INCEPTION_NAMES)
+    for i, d in enumerate(build_discriminators(mc)):
+        params[f"discriminator {type(d).__name__} (training only)"] = complexity.count_parameters(d)
+
+    captions, lengths = encode_batch([list(range(1, min(mc.words_num, mc.n_words - 1) + 1))], mc.words_num, "cpu")
+    g_inputs = torch.randn(1, mc.z_dim), torch.randn(1, mc.condition_dim)
+
+    def forward() -> None:
+        with torch.no_grad():
+            words, sent = te(captions, lengths)
+            g(g_inputs[0], sent, words, captions[:, : words.size(2)] == 0, g_inputs[1])
+
+    total, per_module = complexity.count_flops(forward)
+    te_flops = per_module.get("TextEncoder", 0)
+    if te_flops == 0:  # the fused LSTM kernel is invisible to the counter; count it by formula
+        te_flops = complexity.lstm_flops(te.rnn, int(lengths[0]))
+    per_scale = complexity.flops_per_scale(complexity.child_flops(per_module, "Generator"), mc.image_sizes)
+    flops = {size: te_flops + f for size, f in per_scale.items()}
+    out: dict[str, Any] = {"parameters": params, "flops_per_image": flops, "flops_total": total,
+                           "flops_text_encoder": te_flops, "bundle_bytes": complexity.dir_size_bytes(bundle.path)}
+    if image_encoder is not None:
+        ie = copy.deepcopy(image_encoder).cpu().eval()
+        size = mc.image_sizes[-1]
+        with torch.no_grad():
+            out["flops_image_encoder"], _ = complexity.count_flops(lambda: ie(torch.zeros(1, 3, size, size)))
+    lat = complexity.median_latency_ms(forward, runs=runs, warmup=1)
+    lat["threads"] = torch.get_num_threads()
+    out["cpu_latency"] = lat
+    return out
+
+
+# --------------------------------------------------------------------------------------------- pictures
+
+
+@torch.no_grad()
+def sample_pictures(ts: TestSet, bundle: Bundle, text_encoder: nn.Module, generator: nn.Module, n: int,
+                    device: torch.device, seed: int) -> list[dict[str, Any]]:
+    from attngan.render import attention_grid, to_pil
+
+    seen: set[int] = set()
+    chosen: list[int] = []
+    for i in range(len(ts.dataset)):  # one per class first, so the grid shows variety
+        c = ts.dataset.class_ids[i]
+        if c not in seen and any(ts.captions[i]):
+            seen.add(c)
+            chosen.append(i)
+        if len(chosen) == n:
+            break
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    mc = bundle.config
+    for i in chosen:
+        k = next(k for k, c in enumerate(ts.captions[i]) if c)
+        ids = ts.captions[i][k][: mc.words_num]
+        captions, lengths = encode_batch([ids], mc.words_num, device)
+        words, sent = text_encoder(captions, lengths.to(device))
+        z = torch.randn(1, mc.z_dim, generator=g).to(device)
+        eps = torch.randn(1, mc.condition_dim, generator=g).to(device)
+        images, attention, _, _ = generator(z, sent, words, captions[:, : words.size(2)] == 0, eps)
+        tokens = [bundle.vocab.ixtoword[j] for j in ids]
+        pil = [to_pil(im[0]) for im in images]
+        att = [attention_grid(pil[-1], a[0, : len(tokens)].float().cpu().numpy(), tokens, tile=96, columns=10)
+               for a in attention]
+        rows.append({"caption": " ".join(ts.tokens[i][k]), "images": pil, "attention": att})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def quality_bars(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    bars = []
+    f = metrics.get("faithfulness", {})
+    if "judge" in f:
+        j = f["judge"]["held_out"]["accuracy"]
+        bars.append({"name": "judge accuracy on real held-out renders", "target": ">= 97%",
+                     "measured": f"{100 * j:.1f}%", "met": j >= 0.97,
+                     "why": "the attribute classifier is too weak for its verdicts to be trusted; train it longer "
+                            "(--classifier-epochs) or on more renders"})
+        g = f["generated"]["accuracy"]
+        bars.append({"name": "named-attribute accuracy of generated birds", "target": ">= 85%",
+                     "measured": f"{100 * g:.1f}%", "met": g >= 0.85,
+                     "why": "the generator does not yet draw the colours its captions name; more GAN steps and a "
+                            "stronger DAMSM (R-precision) are what lift it"})
+    rp = metrics.get("r_precision", {})
+    if "mean" in rp:
+        bars.append({"name": "R-precision", "target": ">= 80% (chance 1%)", "measured": f"{100 * rp['mean']:.1f}%",
+                     "met": rp["mean"] >= 0.80,
+                     "why": "generated images are not yet specific enough to their captions for the DAMSM encoders"})
+    fid = metrics.get("fid", {})
+    for row in fid.values():
+        if isinstance(row, dict) and row.get("value") is not None and row.get("untrained") is not None:
+            bars.append({"name": f"{row['label']} far below the untrained generator's", "target": "<= 50% of untrained",
+                         "measured": f"{row['value']:.2f} vs {row['untrained']:.2f}",
+                         "met": row["value"] <= 0.5 * row["untrained"],
+                         "why": "the generator's image distribution is still far from the real test images"})
+    return bars
+
+
+def evaluate(opts: EvalOptions) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    opts.out = Path(opts.out)
+    if opts.images < opts.folds:
+        raise AttnGANError(f"--images must be at least {opts.folds} (one per R-precision fold), got {opts.images}")
+    if opts.batch_size < 1:
+        raise AttnGANError(f"--batch-size must be positive, got {opts.batch_size}")
+    if opts.inception_weights and not Path(opts.inception_weights).is_file():
+        raise AttnGANError(f"--inception-weights {opts.inception_weights}: file not found")
+    logs_dir = check_logs(opts.logs)
+    device = resolve_device(opts.device)
+    bundle = load_bundle(opts.bundle)
+    ts = load_test_set(Path(opts.data), bundle, opts.data_format)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    mc = bundle.config
+    text_encoder, generator, image_encoder = bundle.build_networks(device)
+    incep = InceptionFeatures(opts.inception_weights).to(device) if opts.inception_weights else None
+
+    judge, attrs, faith_skip = faithfulness_inputs(opts, ts, device)
+
+    items = plan_items(ts, opts.images, opts.seed)
+    g = torch.Generator().manual_seed(opts.seed)
+    z_all = torch.randn(len(items), mc.z_dim, generator=g)
+    eps_all = torch.randn(len(items), mc.condition_dim, generator=g)
+    common: dict[str, Any] = {"items": items, "ts": ts, "words_num": mc.words_num, "z_all": z_all,
+                              "eps_all": eps_all, "batch_size": opts.batch_size, "device": device,
+                              "progress": opts.progress}
+    gen = generation_pass("generating (trained)", text_encoder=text_encoder, generator=generator,
+                          image_encoder=image_encoder, incep=incep, judge_model=judge.model if judge else None,
+                          **common)
+
+    metrics: dict[str, Any] = {
+        "bundle": {"path": str(bundle.path), "version": bundle.version, "config": mc.to_dict(),
+                   "training": bundle.manifest.get("training", bundle.manifest.get("info", {}))},
+        "data": {"path": str(opts.data), "split": "test", "n_items": len(ts.dataset),
+                 "n_classes": len(set(ts.dataset.class_ids)), "unknown_word_rate": ts.unknown_rate},
+        "protocol": {"n_images": len(items), "seed": opts.seed, "device": str(device), "folds": opts.folds},
+    }
+
+    # R-precision (DM-GAN protocol)
+    class_ids = np.array([ts.dataset.class_ids[i] for i, _ in items])
+    if image_encoder is None:
+        metrics["r_precision"] = {"skipped": "the bundle has no image encoder (export it with the DAMSM image encoder)"}
+    elif len(set(class_ids.tolist())) < 2:
+        metrics["r_precision"] = {"skipped": "the test split has a single class; mismatched captions must come "
+                                             "from other classes"}
+    else:
+        rng = np.random.default_rng(opts.seed)
+        sent = gen.cat("sent")
+        mis = sample_mismatched(class_ids, 99, rng)
+        hits = r_precision_hits(gen.cat("img_codes"), sent, sent[mis])
+        mean, std = fold_stats(hits, opts.folds, rng)
+        metrics["r_precision"] = {"mean": mean, "std": std, "n_images": len(hits), "candidates": 100,
+                                  "chance": 0.01, "folds": opts.folds,
+                                  "encoders": "the bundle's DAMSM image and text encoders"}
+
+    # FID / IS, and the same for the untrained generator as the reference point
+    untrained = None
+    if opts.untrained and (image_encoder is not None or incep is not None):
+        from attngan.model import Generator, init_weights
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(opts.seed)
+            g0 = Generator(mc)
+            g0.apply(init_weights)
+        g0 = g0.to(device).eval().requires_grad_(False)
+        untrained = generation_pass("generating (untrained reference)", text_encoder=text_encoder, generator=g0,
+                                    image_encoder=image_encoder, incep=incep, judge_model=None, **common)
+    real_damsm, real_incep = real_features(ts, image_encoder, incep, opts.batch_size, device, opts.progress)
+    fid: dict[str, Any] = {}
+    if incep is not None:
+        ref = feature_stats(real_incep)
+        fid["inception"] = {
+            "label": "FID (Inception-v3 pool3)", "value": frechet_distance(feature_stats(gen.cat("incep_feats")), ref),
+            "untrained": frechet_distance(feature_stats(untrained.cat("incep_feats")), ref) if untrained else None,
+            "note": f"project Inception-v3 with {Path(opts.inception_weights).name}, {len(items)} generated vs "
+                    f"{ref.n} real test images; compare only with FID computed the same way",
+        }
+        if gen.incep_probs:
+            m, s = inception_score(gen.cat("incep_probs"), splits=opts.folds)
+            metrics["inception_score"] = {"mean": m, "std": s, "note": "ImageNet classes of the given weights; the "
+                                          "paper's CUB IS used a CUB-fine-tuned Inception, so not comparable"}
+        else:
+            metrics["inception_score"] = {"skipped": "the Inception weights file has no fc layer"}
+    else:
+        fid["inception"] = {"skipped": "no --inception-weights given (a local torchvision-format Inception-v3 file)"}
+        metrics["inception_score"] = {"skipped": "no --inception-weights given"}
+    if image_encoder is not None:
+        ref = feature_stats(real_damsm)
+        fid["damsm"] = {
+            "label": "DAMSM-FID", "value": frechet_distance(feature_stats(gen.cat("damsm_feats")), ref),
+            "untrained": frechet_distance(feature_stats(untrained.cat("damsm_feats")), ref) if untrained else None,
+            "note": f"FID on the bundle's DAMSM image-encoder codes ({ref.mu.shape[0]}-d), {len(items)} generated "
+                    f"vs {ref.n} real test images: NOT comparable to published FID",
+        }
+    else:
+        fid["damsm"] = {"skipped": "the bundle has no image encoder"}
+    metrics["fid"] = fid
+
+    # Faithfulness
+    if judge is None:
+        metrics["faithfulness"] = {"skipped": faith_skip}
+    else:
+        named = named_for_items(items, ts, attrs)
+        labels = faithfulness.encode_labels(named, judge.model.parts)
+        pred = torch.from_numpy(gen.cat("judged"))
+        res = faithfulness.per_part_accuracy(pred, labels, judge.model.parts)
+        res["per_image_all_correct"] = float(np.mean([
+            bool(((pred[i] == labels[i]) | (labels[i] == faithfulness.IGNORE)).all()) for i in range(len(labels))]))
+        res["captions_without_named_attributes"] = sum(1 for n in named if not n)
+        metrics["faithfulness"] = {"judge": judge.meta, "generated": res}
+
+    metrics["quality_bars"] = quality_bars(metrics)
+    metrics["complexity"] = measure_complexity(bundle, text_encoder, generator, image_encoder, opts.latency_runs)
+
+    pictures: dict[str, str] = {}
+    if opts.samples > 0:
+        rows = sample_pictures(ts, bundle, text_encoder, generator, opts.samples, device, opts.seed)
+        report.sample_grid(rows).save(opts.out / "samples.png")
+        pictures["samples"] = "samples.png"
+    if logs_dir is not None:
+        series = report.read_scalars(logs_dir)
+        if series:
+            report.plot_training_curves(series, opts.out / "training_curves.png")
+            pictures["training_curves"] = "training_curves.png"
+        else:
+            pictures["training_curves_skipped"] = f"no scalar series in the event files under {logs_dir}"
+    metrics["pictures"] = pictures
+    metrics["protocol"]["seconds"] = time.perf_counter() - t_start
+    report.write_metrics_json(opts.out, metrics)
+    (opts.out / "report.md").write_text(report.render_markdown(metrics), encoding="utf-8")
+    return metrics
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    parts = []
+    rp = m.get("r_precision", {})
+    if "mean" in rp:
+        parts.append(f"R-precision {100 * rp['mean']:.1f}% ± {100 * rp['std']:.1f}")
+    for row in m.get("fid", {}).values():
+        if isinstance(row, dict) and "value" in row:
+            un = f" (untrained {row['untrained']:.1f})" if row.get("untrained") is not None else ""
+            parts.append(f"{row['label']} {row['value']:.2f}{un}")
+    f = m.get("faithfulness", {})
+    if "generated" in f:
+        parts.append(f"named attributes {100 * f['generated']['accuracy']:.1f}% "
+                     f"(judge {100 * f['judge']['held_out']['accuracy']:.1f}%)")
+    return "; ".join(parts) if parts else "no quality metric could be computed (see report.md)"
+

@@ -305,7 +305,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = common(sub.add_parser("train", help="start a SageMaker training run (Step Functions)"))
     p.add_argument("--data", default="data/birds/", help="S3 prefix of the data set (default data/birds/)")
     p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
-                   help="hyperparameter for the trainer, repeatable (e.g. --hp cfg=cfg/bird_attn2.yml)")
+                   help="hyperparameter for the trainer, repeatable (e.g. --hp config=bird --hp gan_epochs=600; see trainer/sagemaker.py)")
     p.add_argument("--no-promote", action="store_true", help="do not serve the model when training succeeds")
     p.add_argument("--follow", action="store_true", help="wait and print status changes until it ends")
     p.add_argument("--interval", type=float, default=30.0, help=argparse.SUPPRESS)

@@ -1,9 +1,9 @@
 """The Flask app factory: `create_app()` is what gunicorn runs (`service.app:create_app()`).
 
-create_app validates the bundle (a missing or corrupt one raises AttnGANError: the service refuses to start)
-and starts this worker's engine thread, which loads the model, picks the precision, warms up and only then
-marks the worker ready. With gunicorn that happens in each worker after fork (`preload_app` stays off), so
-the master never initialises CUDA.
+create_app resolves MODEL_URI to a local bundle and validates it (model_source.py; a missing or corrupt one
+raises AttnGANError: the service refuses to start) and starts this worker's engine thread, which loads the
+model, picks the precision, warms up and only then marks the worker ready. With gunicorn that happens in each
+worker after fork (`preload_app` stays off), so the master never initialises CUDA.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from attngan.bundle import load_bundle
 from service.core import ApiError, BirdMaker
 from service.engine import Engine
 from service.metrics import Metrics
+from service.model_source import resolve_model
 from service.settings import Settings, from_env
 from service.storage import make_storage
 
@@ -104,7 +104,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         settings = config.validate()
     else:
         settings = from_env(**dict(config or {}))
-    bundle = load_bundle(settings.bundle_dir)  # AttnGANError -> refuse to start
+    source = resolve_model(settings)  # MODEL_URI -> local bundle; AttnGANError -> refuse to start
+    bundle = source.bundle
     metrics = Metrics()
     storage = make_storage(settings)
     loader = model_loader or load_model
@@ -119,6 +120,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.json.sort_keys = False
     app.extensions["attngan"] = maker
     app.extensions["attngan.bundle"] = bundle
+    app.extensions["attngan.model_source"] = source
 
     from service.routes import api, ops, web
 

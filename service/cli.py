@@ -40,7 +40,8 @@ def serve(args: argparse.Namespace) -> int:
             os.environ[key] = str(value)
     os.environ["BIND"] = f"{args.host}:{args.port}"
     settings = from_env()  # bad variables: AttnGANError, one line
-    load_bundle(settings.bundle_dir)  # a missing or corrupt bundle: one line, before gunicorn starts
+    if settings.model_uri in ("", "bundled"):  # (an S3 MODEL_URI is fetched and checked by gunicorn_conf.py)
+        load_bundle(settings.bundle_dir)  # a missing or corrupt bundle: one line, before gunicorn starts
     conf = Path(__file__).with_name("gunicorn_conf.py")
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or shutil.which("gunicorn")
     argv = [gunicorn or sys.executable, *([] if gunicorn else ["-m", "gunicorn"]), "-c", str(conf),

@@ -4,9 +4,10 @@
 
 - gthread workers: request threads wait on the worker's batching engine, so concurrent requests share batches.
 - No preload: each worker builds the app (and loads the model) after fork; the master never touches CUDA.
-- The bundle is validated once in the master (when this file loads, before any worker starts), so a missing or
-  corrupt bundle stops the service with one clear line instead of a crash loop. (Validation reads files and
-  builds networks on the meta device only: no CUDA in the master.)
+- MODEL_URI is resolved (model_source.py: S3 download, cached) and the bundle validated once in the master
+  (when this file loads, before any worker starts), so a missing or corrupt model stops the service with one
+  clear line instead of a crash loop. (Validation reads files and builds networks on the meta device only: no
+  CUDA in the master.)
 - SIGTERM: workers stop accepting and finish in-flight requests within `graceful_timeout` (GRACEFUL_TIMEOUT).
 """
 
@@ -17,15 +18,18 @@ import shutil
 import sys
 import tempfile
 
-from attngan.bundle import load_bundle
 from attngan.errors import AttnGANError
 from service.logs import logconfig_dict
+from service.model_source import export_resolved, resolve_model
 from service.settings import from_env
 
 try:
     _settings = from_env()
-    # a missing or corrupt bundle stops the service here, in the master, before any worker or log line
-    _bundle = load_bundle(_settings.bundle_dir)
+    # MODEL_URI is resolved (S3 download + unpack, cached) and the bundle validated once, here in the master;
+    # a missing or corrupt model stops the service before any worker starts. Workers reuse the result.
+    _source = resolve_model(_settings)
+    _bundle = _source.bundle
+    export_resolved(_source)
 except AttnGANError as exc:
     print(f"attngan serve: error: {exc}", file=sys.stderr, flush=True)
     sys.exit(1)
@@ -61,7 +65,7 @@ else:
 
 
 def on_starting(server) -> None:
-    server.log.info("serving bundle %s (version %s), storage %s", _bundle.path, _bundle.version,
+    server.log.info("serving %s: bundle %s (version %s), storage %s", _source.uri, _bundle.path, _bundle.version,
                     _settings.storage_kind)
 
 

@@ -154,7 +154,8 @@ def model_info() -> Any:
     bundle = current_app.extensions["attngan.bundle"]
     model = m.engine.model
     return jsonify({
-        "version": m.version, "ready": m.engine.ready.is_set(), "config": bundle.config.to_dict(),
+        "version": m.version, "model_uri": current_app.extensions["attngan.model_source"].uri,
+        "ready": m.engine.ready.is_set(), "config": bundle.config.to_dict(),
         "vocabulary_size": len(m.vocab), "created": bundle.manifest.get("created"),
         "training": bundle.manifest.get("training", {}), "metrics": bundle.manifest.get("metrics", {}),
         "device": str(getattr(model, "device", "")) or None, "precision": getattr(model, "precision", None),

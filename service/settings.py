@@ -36,6 +36,8 @@ def available_cpus() -> int:
 class Settings:
     # model
     bundle_dir: str = DEFAULT_BUNDLE  # BUNDLE_DIR or MODEL_BUNDLE
+    model_uri: str = "bundled"  # bundled (bundle_dir) | s3://B/K.tar.gz | s3://B/prefix/ | a local dir (model_source.py)
+    model_cache_dir: str = ""  # where S3 models are unpacked; empty: <tmp>/attngan-models
     device: str = "auto"  # auto | cpu | cuda (auto: cuda when a GPU is visible, checked in the worker only)
     precision: str = "auto"  # auto (measure fp32 vs bf16 at warm-up, keep the faster) | fp32 | bf16
     torch_threads: int = 0  # 0: available CPUs // gunicorn workers
@@ -104,6 +106,8 @@ class Settings:
 _ENV: list[tuple[str, str, type]] = [
     ("BUNDLE_DIR", "bundle_dir", str),
     ("MODEL_BUNDLE", "bundle_dir", str),
+    ("MODEL_URI", "model_uri", str),
+    ("MODEL_CACHE_DIR", "model_cache_dir", str),
     ("DEVICE", "device", str),
     ("PRECISION", "precision", str),
     ("TORCH_THREADS", "torch_threads", int),

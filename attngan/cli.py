@@ -14,7 +14,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from attngan import __version__
 from attngan.errors import AttnGANError
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attngan: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI promise is one line, never a traceback
+    except Exception as exc:
         if os.environ.get("ATTNGAN_DEBUG"):
             raise
         print(f"attngan: internal error: {type(exc).__name__}: {exc} (set ATTNGAN_DEBUG=1 for the traceback)",

@@ -78,6 +78,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def gather_rng_states(info: Any) -> list[dict[str, Any]]:
+    """Every rank's RNG state (rank r resumes with its own), gathered to rank 0; `info` is a DistInfo."""
+    state = rng_state()
+    if not info.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    states: list = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_state(states: list[dict[str, Any]], rank: int) -> None:
+    """This rank's state from gather_rng_states' list (the last one when the run now has more ranks)."""
+    set_rng_state(states[min(rank, len(states) - 1)])
+
+
 def find_latest(model_dir: str | Path, prefix: str, suffix: str = ".pth") -> tuple[Path, int] | None:
     """The highest-numbered `{prefix}{N}{suffix}` in a folder (e.g. netG_epoch_ / text_encoder)."""
     best: tuple[Path, int] | None = None

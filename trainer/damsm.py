@@ -19,25 +19,25 @@ from attngan.config import Config
 from attngan.errors import AttnGANError
 from trainer import losses
 from trainer.checkpoint import (
-    CHECKPOINT_NAME,
     GracefulStop,
     atomic_save,
     find_latest,
+    gather_rng_states,
     load_weights,
-    rng_state,
-    set_rng_state,
+    restore_rng_state,
 )
-from trainer.distributed import any_flag, average_gradients, barrier, broadcast_module, mean_value, shutdown
+from trainer.distributed import average_gradients, barrier, broadcast_module, mean_value
 from trainer.runtime import (
     Progress,
     Run,
     autocast,
-    batches_per_epoch,
-    choose_seed,
+    checkpoint_or_stop,
+    log_step,
     make_loader,
-    open_run,
     resolve_data_dir,
-    seed_everything,
+    resume_checkpoint,
+    total_steps,
+    train_in_run,
 )
 
 log = logging.getLogger("trainer")
@@ -119,23 +119,14 @@ def train_damsm(cfg: Config, data_dir: str | None = None, output_dir: str | None
     if cfg.IMAGE_ENCODER == "inception" and not cfg.TRAIN.INCEPTION_WEIGHTS and not cfg.TRAIN.NET_E:
         raise AttnGANError("IMAGE_ENCODER inception needs ImageNet weights: set TRAIN.INCEPTION_WEIGHTS to a local "
                            "torchvision inception_v3_google .pth, or use IMAGE_ENCODER=small")
-    run = open_run(cfg, output_dir, "DAMSM")
-    try:
-        with GracefulStop() as stop:
-            return _train(run, data, init_from, stop)
-    finally:
-        run.close()
-        shutdown()
+    return train_in_run(cfg, output_dir, "DAMSM", _train, data, init_from)
 
 
 def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> Path:
     from trainer.data import TextImageDataset
 
     cfg, info, device = run.cfg, run.info, run.device
-    ckpt_path = run.out / CHECKPOINT_NAME
-    ckpt = load_weights(ckpt_path) if ckpt_path.is_file() else None
-    seed = int(ckpt["seed"]) if ckpt else choose_seed(cfg)
-    seed_everything(seed, info.rank)
+    ckpt_path, ckpt, seed = resume_checkpoint(run)
 
     vocab = None
     if ckpt is None and cfg.TRAIN.NET_E:
@@ -176,7 +167,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         image.load_state_dict(ckpt["image_encoder"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, step, skip = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["step_in_epoch"])
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        restore_rng_state(ckpt["rng"], info.rank)
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, start_epoch, step)
     else:
         broadcast_module(text, info)
@@ -185,10 +176,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     loader, sampler = make_loader(train_set, run, seed)
     valid_loader, valid_sampler = make_loader(test_set, run, seed + 1, batch_size=min(
         cfg.TRAIN.BATCH_SIZE, len(test_set) // info.world_size))
-    per_epoch = batches_per_epoch(sampler, cfg.TRAIN.BATCH_SIZE)
-    total = per_epoch * cfg.TRAIN.MAX_EPOCH
-    if cfg.TRAIN.MAX_STEPS:
-        total = min(total, cfg.TRAIN.MAX_STEPS)
+    total = total_steps(cfg, sampler)
     if step >= total:
         log.info("DAMSM training already complete (%d steps) in %s", step, run.out)
         return run.out
@@ -196,7 +184,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     progress = Progress(total, step, info.is_main, "DAMSM", cfg.TRAIN.LOG_INTERVAL)
 
     def save(epoch: int, in_epoch: int) -> None:
-        states = _gather_rng(run)
+        states = gather_rng_states(info)
         if info.is_main:
             atomic_save({"kind": "damsm", "seed": seed, "epoch": epoch, "step": step, "step_in_epoch": in_epoch,
                          "text_encoder": text.state_dict(), "image_encoder": image.state_dict(),
@@ -244,22 +232,13 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             values = {"w_loss": (w0 + w1).item(), "s_loss": (s0 + s1).item()}
             if not math.isfinite(values["w_loss"] + values["s_loss"]):
                 raise AttnGANError(f"DAMSM loss is not finite at step {step}; lower TRAIN.ENCODER_LR")
-            progress.update(values)
-            if run.threads is not None:
-                run.threads.maybe_update()
-            if step % cfg.TRAIN.LOG_INTERVAL == 0 or step == 1:
-                run.scalars(step, {**values, "lr": lr}, "damsm/train")
-            if cfg.TRAIN.CHECKPOINT_INTERVAL and step % cfg.TRAIN.CHECKPOINT_INTERVAL == 0:
-                save(epoch, in_epoch)
-            if any_flag(stop.requested, info, device):
+            log_step(run, progress, step, values, "damsm/train", lr=lr)
+            if checkpoint_or_stop(run, stop, step, save, epoch, in_epoch):
                 stopped = True
                 break
             if step >= total:
                 break
         if stopped:
-            save(epoch, in_epoch)
-            log.info("stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
-                     stop.signal_name or "signal", step)
             break
         valid = _validate(run, text, image, valid_loader, valid_sampler, epoch)
         run.scalars(step, valid, "damsm/valid")
@@ -274,18 +253,6 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             break
     progress.close()
     return run.out
-
-
-def _gather_rng(run: Run) -> list:
-    """Every rank's RNG state (rank r resumes with its own), gathered to rank 0."""
-    state = rng_state()
-    if not run.info.enabled:
-        return [state]
-    import torch.distributed as dist
-
-    states: list = [None] * run.info.world_size
-    dist.all_gather_object(states, state)
-    return states
 
 
 @torch.no_grad()

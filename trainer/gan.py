@@ -24,21 +24,23 @@ from trainer.checkpoint import (
     GracefulStop,
     atomic_save,
     find_latest,
+    gather_rng_states,
     load_weights,
-    set_rng_state,
+    restore_rng_state,
 )
-from trainer.damsm import _gather_rng, _vocab_beside
-from trainer.distributed import any_flag, average_gradients, barrier, broadcast_module, shutdown
+from trainer.damsm import _vocab_beside
+from trainer.distributed import average_gradients, barrier, broadcast_module
 from trainer.runtime import (
     Progress,
     Run,
     autocast,
-    batches_per_epoch,
-    choose_seed,
+    checkpoint_or_stop,
+    log_step,
     make_loader,
-    open_run,
     resolve_data_dir,
-    seed_everything,
+    resume_checkpoint,
+    total_steps,
+    train_in_run,
 )
 
 log = logging.getLogger("trainer")
@@ -96,13 +98,7 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     data = resolve_data_dir(cfg, data_dir)
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
-    run = open_run(cfg, output_dir, "AttnGAN")
-    try:
-        with GracefulStop() as stop:
-            return _train(run, data, init_from, stop)
-    finally:
-        run.close()
-        shutdown()
+    return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
 
 
 def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> Path:
@@ -111,12 +107,9 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     from trainer.data import TextImageDataset
 
     cfg, info, device = run.cfg, run.info, run.device
-    ckpt_path = run.out / CHECKPOINT_NAME
-    ckpt = load_weights(ckpt_path) if ckpt_path.is_file() else None
+    ckpt_path, ckpt, seed = resume_checkpoint(run)
     if ckpt is not None and ckpt.get("kind") != "gan":
         raise AttnGANError(f"{ckpt_path} is a {ckpt.get('kind')} checkpoint; use another --output-dir for the GAN")
-    seed = int(ckpt["seed"]) if ckpt else choose_seed(cfg)
-    seed_everything(seed, info.rank)
 
     init_bundle = None
     init_g = None
@@ -207,16 +200,13 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     if ckpt is not None:
         for n, v in ckpt["ema"].items():
             ema[n].copy_(v)
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        restore_rng_state(ckpt["rng"], info.rank)
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, start_epoch, step)
     ema_avg = [ema[n] for n, _ in netG.named_parameters()]
     ema_live = [p for _, p in netG.named_parameters()]
 
     loader, sampler = make_loader(train_set, run, seed)
-    per_epoch = batches_per_epoch(sampler, cfg.TRAIN.BATCH_SIZE)
-    total = per_epoch * cfg.TRAIN.MAX_EPOCH
-    if cfg.TRAIN.MAX_STEPS:
-        total = min(total, cfg.TRAIN.MAX_STEPS)
+    total = total_steps(cfg, sampler)
     if step >= total:
         log.info("GAN training already complete (%d steps) in %s", step, run.out)
         return run.out
@@ -229,7 +219,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     decay = cfg.TRAIN.EMA_DECAY
 
     def save(epoch: int, in_epoch: int) -> None:
-        states = _gather_rng(run)
+        states = gather_rng_states(info)
         if info.is_main:
             atomic_save({"kind": "gan", "seed": seed, "epoch": epoch, "step": step, "step_in_epoch": in_epoch,
                          "netG": netG.state_dict(), "netsD": [d.state_dict() for d in netsD],
@@ -308,24 +298,15 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             values.update(errG=errG.item(), w_loss=w_loss.item(), s_loss=s_loss.item(), kl=kl.item())
             if not math.isfinite(sum(values.values())):
                 raise AttnGANError(f"GAN loss is not finite at step {step}: {values}; lower the learning rates")
-            progress.update(values)
-            if run.threads is not None:
-                run.threads.maybe_update()
-            if step % cfg.TRAIN.LOG_INTERVAL == 0 or step == 1:
-                run.scalars(step, values, "gan/train")
+            log_step(run, progress, step, values, "gan/train")
             if info.is_main and cfg.TRAIN.SAMPLE_INTERVAL and step % cfg.TRAIN.SAMPLE_INTERVAL == 0:
                 save_samples(run, netG, ema, text_encoder, vocab, fixed, epoch, step)
-            if cfg.TRAIN.CHECKPOINT_INTERVAL and step % cfg.TRAIN.CHECKPOINT_INTERVAL == 0:
-                save(epoch, in_epoch)
-            if any_flag(stop.requested, info, device):
+            if checkpoint_or_stop(run, stop, step, save, epoch, in_epoch):
                 stopped = True
                 break
             if step >= total:
                 break
         if stopped:
-            save(epoch, in_epoch)
-            log.info("stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
-                     stop.signal_name or "signal", step)
             break
         done = step >= total or epoch + 1 >= cfg.TRAIN.MAX_EPOCH
         if epoch % cfg.TRAIN.SNAPSHOT_INTERVAL == 0 or done:

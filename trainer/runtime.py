@@ -9,6 +9,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import torch
 
 from attngan.config import Config
 from attngan.errors import AttnGANError
-from trainer.distributed import DistInfo, ResumableSampler, init_distributed
+from trainer.checkpoint import CHECKPOINT_NAME, GracefulStop, load_weights
+from trainer.distributed import DistInfo, ResumableSampler, any_flag, init_distributed, shutdown
 
 log = logging.getLogger("trainer")
 
@@ -199,6 +201,32 @@ def open_run(cfg: Config, output_dir: str | None, kind: str) -> Run:
     return run
 
 
+def train_in_run(cfg: Config, output_dir: str | None, kind: str,
+                 train: Callable[[Run, Path, str | None, GracefulStop], Path], data: Path,
+                 init_from: str | None) -> Path:
+    """open_run, then `train(run, data, init_from, stop)` under a GracefulStop; always closes the run and
+    leaves the process group, also when training raises."""
+    run = open_run(cfg, output_dir, kind)
+    try:
+        with GracefulStop() as stop:
+            return train(run, data, init_from, stop)
+    finally:
+        run.close()
+        shutdown()
+
+
+def resume_checkpoint(run: Run) -> tuple[Path, dict[str, Any] | None, int]:
+    """(RUN/checkpoint.pt, its contents or None, the run's seed); seeds every RNG with that seed.
+
+    A resumed run keeps the seed it was started with, so its data order and noise continue the same streams.
+    """
+    ckpt_path = run.out / CHECKPOINT_NAME
+    ckpt = load_weights(ckpt_path) if ckpt_path.is_file() else None
+    seed = int(ckpt["seed"]) if ckpt else choose_seed(run.cfg)
+    seed_everything(seed, run.info.rank)
+    return ckpt_path, ckpt, seed
+
+
 def resolve_data_dir(cfg: Config, data_dir: str | None) -> Path:
     path = Path(data_dir or cfg.DATA_DIR)
     if not str(path) or not path.is_dir():
@@ -227,6 +255,38 @@ def make_loader(dataset, run: Run, seed: int, *, shuffle: bool = True,
 
 def batches_per_epoch(sampler: ResumableSampler, batch_size: int) -> int:
     return sampler.num_samples // batch_size
+
+
+def total_steps(cfg: Config, sampler: ResumableSampler) -> int:
+    """Steps of the whole run: MAX_EPOCH epochs of whole batches, capped by TRAIN.MAX_STEPS when it is set."""
+    total = batches_per_epoch(sampler, cfg.TRAIN.BATCH_SIZE) * cfg.TRAIN.MAX_EPOCH
+    return min(total, cfg.TRAIN.MAX_STEPS) if cfg.TRAIN.MAX_STEPS else total
+
+
+def log_step(run: Run, progress: Progress, step: int, values: dict[str, float], prefix: str,
+             **extra: float) -> None:
+    """After an optimizer step: progress (bar or log line), the CPU thread re-check, and on the first step and
+    every TRAIN.LOG_INTERVAL steps the scalars (`values` plus `extra`, e.g. lr) under `prefix`."""
+    progress.update(values)
+    if run.threads is not None:
+        run.threads.maybe_update()
+    if step % run.cfg.TRAIN.LOG_INTERVAL == 0 or step == 1:
+        run.scalars(step, {**values, **extra}, prefix)
+
+
+def checkpoint_or_stop(run: Run, stop: GracefulStop, step: int, save: Callable[[int, int], None], epoch: int,
+                       in_epoch: int) -> bool:
+    """At the end of a step: `save(epoch, in_epoch)` every TRAIN.CHECKPOINT_INTERVAL steps; and when a stop
+    signal reached any rank, save, say how to resume and return True (the loop then ends, exit code 0)."""
+    interval = run.cfg.TRAIN.CHECKPOINT_INTERVAL
+    if interval and step % interval == 0:
+        save(epoch, in_epoch)
+    if not any_flag(stop.requested, run.info, run.device):
+        return False
+    save(epoch, in_epoch)
+    log.info("stopped by %s at step %d; checkpoint saved, rerun the same command to resume",
+             stop.signal_name or "signal", step)
+    return True
 
 
 class Progress:

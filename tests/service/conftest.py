@@ -42,6 +42,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_moto(bucket: str):
+    """moto's S3 server on a free loopback port with `bucket` made: (server, endpoint, boto3 client).
+
+    Skips the test when boto3 or moto is missing; the caller stops the server.
+    """
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    client.create_bucket(Bucket=bucket)
+    return server, endpoint, client
+
+
 class Server:
     """The real gunicorn (service/gunicorn_conf.py) on 127.0.0.1, stopped with SIGTERM at the end."""
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from attngan.errors import AttnGANError
-from tests.service.conftest import free_port
+from tests.service.conftest import start_moto
 
 BUCKET = "attngan-test-models"
 ARCHIVE_KEY = "models/job-1/output/model.tar.gz"  # where SageMaker packs /opt/ml/model
@@ -64,15 +64,7 @@ def moto(s3_bundle):
     """moto S3 on loopback with: the bundle as model.tar.gz, as a prefix, a nested archive and bad archives."""
     from attngan.bundle import WEIGHT_FILES
 
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")
-    s3.create_bucket(Bucket=BUCKET)
+    server, endpoint, s3 = start_moto(BUCKET)
     path, _ = s3_bundle
     s3.put_object(Bucket=BUCKET, Key=ARCHIVE_KEY, Body=bundle_tar(path))
     s3.put_object(Bucket=BUCKET, Key="models/nested/model.tar.gz", Body=bundle_tar(path, under="bundle/"))

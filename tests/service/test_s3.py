@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.service.conftest import free_port
+from tests.service.conftest import free_port, start_moto
 
 pytestmark = pytest.mark.slow
 BUCKET = "attngan-test-images"
@@ -19,15 +19,7 @@ BUCKET = "attngan-test-images"
 
 @pytest.fixture(scope="module")
 def moto_s3():
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    port = free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
-    client.create_bucket(Bucket=BUCKET)
+    server, endpoint, client = start_moto(BUCKET)
     state = {"running": True}
     yield server, endpoint, client, state
     if state["running"]:

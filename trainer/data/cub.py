@@ -24,10 +24,9 @@ from pathlib import Path
 
 from attngan.errors import AttnGANError
 from attngan.text import Vocabulary, as_text, read_legacy_pickle
-from trainer.data.records import SplitRecords, read_caption_lines, write_pickle
+from trainer.data.records import SPLITS, SplitRecords, check_split_args, read_caption_lines, write_pickle
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "test")
 
 
 def image_dir(data_dir: Path) -> Path:
@@ -175,11 +174,7 @@ def load_caption_tokens(data_dir: Path, keys: list[str], captions_per_image: int
 
 def load_cub(data_dir: str | Path, split: str, captions_per_image: int = 10) -> SplitRecords:
     """Read one split of a CUB-layout data set (building missing pickles first)."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise AttnGANError(f"data directory not found: {data_dir}")
-    if split not in SPLITS:
-        raise AttnGANError(f"split must be 'train' or 'test', got {split!r}")
+    data_dir = check_split_args(data_dir, split)
     built = ensure_pickles(data_dir, captions_per_image)
 
     def read(name: str) -> object:

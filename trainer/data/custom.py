@@ -21,9 +21,7 @@ from pathlib import Path
 from attngan.errors import AttnGANError
 from attngan.text import Vocabulary
 from trainer.data.cub import read_split_keys
-from trainer.data.records import IMAGE_EXTENSIONS, SplitRecords, read_caption_lines
-
-SPLITS = ("train", "test")
+from trainer.data.records import IMAGE_EXTENSIONS, SPLITS, SplitRecords, check_split_args, read_caption_lines
 
 
 def find_images(data_dir: Path) -> dict[str, Path]:
@@ -58,11 +56,7 @@ def split_keys(data_dir: Path, keys: list[str]) -> dict[str, list[str]]:
 
 
 def load_custom(data_dir: str | Path, split: str, captions_per_image: int = 10) -> SplitRecords:
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise AttnGANError(f"data directory not found: {data_dir}")
-    if split not in SPLITS:
-        raise AttnGANError(f"split must be 'train' or 'test', got {split!r}")
+    data_dir = check_split_args(data_dir, split)
     images = find_images(data_dir)
     if not images:
         raise AttnGANError(f"no images (.jpg/.png/...) found under {data_dir}")

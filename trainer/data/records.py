@@ -12,6 +12,7 @@ from attngan.errors import AttnGANError
 from attngan.text import Vocabulary, tokenize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SPLITS = ("train", "test")
 
 
 @dataclass
@@ -25,6 +26,16 @@ class SplitRecords:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+def check_split_args(data_dir: str | Path, split: str) -> Path:
+    """What every layout reader checks first: the folder exists and the split is one of SPLITS."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise AttnGANError(f"data directory not found: {data_dir}")
+    if split not in SPLITS:
+        raise AttnGANError(f"split must be 'train' or 'test', got {split!r}")
+    return data_dir
 
 
 def read_caption_lines(path: Path) -> list[list[str]]:

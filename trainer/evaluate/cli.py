@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=6, help="test captions in the picture grid (default 6)")
     p.add_argument("--no-untrained", action="store_true",
                    help="skip the untrained-generator FID reference point (halves the generation time)")
-    p.add_argument("--classifier-epochs", type=int, default=8, help="attribute classifier training epochs")
+    p.add_argument("--classifier-epochs", type=int, default=6, help="attribute judge training epochs")
     p.add_argument("--judge-renders", type=int, default=2000,
                    help="fresh synthetic renders added to the attribute classifier's training set (default 2000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -174,6 +174,9 @@ def render_markdown(m: dict[str, Any]) -> str:
             cnt = g["counts"].get(part, 0)
             L.append(f"| {part} | {_pct(gen)} ({cnt}) | {_pct(j['held_out']['per_part'][part])} |")
         L.append("")
+        for part, why in (j.get("not_judgeable") or {}).items():
+            L.append(f"- {part}: **not judgeable**, left out of both columns ({why})")
+        L.append("") if j.get("not_judgeable") else None
     # Bars
     bars = m.get("quality_bars")
     if bars:

@@ -25,11 +25,12 @@ from attngan.config import load_config
 from attngan.errors import AttnGANError
 from attngan.text import pad_caption
 from trainer.evaluate import complexity, faithfulness, report
-from trainer.evaluate.fid import feature_stats, frechet_distance, inception_score
+from trainer.evaluate.fid import FeatureStats, feature_stats, frechet_distance, inception_score
 from trainer.evaluate.rprecision import fold_stats, r_precision_hits, sample_mismatched
 
 log = logging.getLogger(__name__)
 
+JUDGE_VALIDATION_RENDERS = 600  # fresh renders that decide which parts the judge can read
 MAX_UNKNOWN_WORD_RATE = 0.2  # more test-caption words than this missing from the bundle's vocabulary: wrong data set
 
 
@@ -50,7 +51,7 @@ class EvalOptions:
     samples: int = 6
     untrained: bool = True
     latency_runs: int = 5
-    classifier_epochs: int = 8
+    classifier_epochs: int = 6  # ~3 min on 2 busy CPU cores with 2000 renders + 3000 data set images
     judge_renders: int = 2000  # fresh synthetic renders added to the judge's training set
     progress: bool = True
 
@@ -268,24 +269,32 @@ def faithfulness_inputs(opts: EvalOptions, ts: TestSet, device: torch.device
 
     attrs = synth.load_attributes(opts.data)
     parts = {p: list(v) for p, v in synth.ATTRIBUTE_VALUES.items()}
+    key = faithfulness.fingerprint(opts.data, opts.classifier_epochs, opts.judge_renders)
+    cached = faithfulness.load_classifier(Path(opts.out) / faithfulness.CACHE_NAME)
+    if cached is not None and cached.meta.get("key") == key and cached.model.parts == parts:
+        log.info("attribute judge: using the cached one in %s", opts.out)
+        return cached, attrs, None  # no need to load the renders again
     train_imgs, train_labels = judge_training_set(opts, attrs, parts)
     held_imgs, held_labels = split_images(ts.dataset, attrs, parts, "real held-out renders", opts.progress)
-    key = faithfulness.fingerprint(opts.data, len(train_imgs), opts.judge_renders)
+    val_imgs, val_recs = faithfulness.render_set(JUDGE_VALIDATION_RENDERS, opts.seed + 1, progress=opts.progress)
     judge = faithfulness.get_classifier(opts.out, Path(opts.data), train_imgs, train_labels, held_imgs, held_labels,
                                         parts, key=key, device=str(device), epochs=opts.classifier_epochs,
-                                        progress=opts.progress)
+                                        progress=opts.progress, val_images=val_imgs,
+                                        val_labels=faithfulness.encode_labels(val_recs, parts))
     return judge, attrs, None
 
 
 def split_images(ds: Any, attrs: dict[str, Any], parts: dict[str, list[str]], desc: str, progress: bool
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The smallest stage of each image of a split that has attributes, with its labels."""
+    """Each image of a split that has attributes, at the judge's size (from the smallest stage at least that
+    large, so small parts keep their detail), with its labels."""
     imgs, recs = [], []
+    stage = next((k for k, s in enumerate(ds.image_sizes) if s >= faithfulness.INPUT_SIZE), len(ds.image_sizes) - 1)
     for i in tqdm(range(len(ds)), desc=desc, unit="img", disable=not progress, leave=False):
         rec = attrs.get(ds.keys[i])
         if rec is None:
             continue
-        img = ds.images(i)[0]
+        img = ds.images(i)[stage]
         if img.shape[-1] != faithfulness.INPUT_SIZE:
             img = F.interpolate(img[None], size=faithfulness.INPUT_SIZE, mode="bilinear", antialias=True,
                                 align_corners=False)[0]
@@ -296,39 +305,17 @@ def split_images(ds: Any, attrs: dict[str, Any], parts: dict[str, list[str]], de
     return torch.stack(imgs), faithfulness.encode_labels(recs, parts)
 
 
-def fresh_renders(n: int, parts: dict[str, list[str]], seed: int, progress: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` new birds with every part drawn uniformly (so every value of every part is seen, unlike the data
-    set's fixed species), cropped and scaled exactly as the data loader does."""
-    from trainer.data import synth
-    from trainer.data.transforms import crop_to_bbox, image_pyramid
-
-    rng = np.random.default_rng([seed, 7])
-    imgs, recs = [], []
-    for _ in tqdm(range(n), desc="judge: fresh renders", unit="img", disable=not progress, leave=False):
-        attrs = {p: vals[int(rng.integers(len(vals)))] for p, vals in parts.items()}
-        render = getattr(synth, "_render", None)
-        if render is not None:  # with its bounding box, to crop as the loader crops data set images
-            img, bbox = render(attrs, 256, rng)
-            img = crop_to_bbox(img, bbox)
-        else:
-            img = synth.render_bird(attrs, 256, rng)
-        imgs.append(image_pyramid(img, [faithfulness.INPUT_SIZE], train=False)[0])
-        recs.append(attrs)
-    return torch.stack(imgs), faithfulness.encode_labels(recs, parts)
-
-
 def judge_training_set(opts: EvalOptions, attrs: dict[str, Any], parts: dict[str, list[str]]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The data set's TRAIN renders (never the test ones the judge is judged on) plus fresh renders."""
     from trainer.data.dataset import TextImageDataset
 
-    cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=64", f"DATA_FORMAT={opts.data_format}"])
+    cfg = load_config(None, ["TREE.BRANCH_NUM=2", "TREE.BASE_SIZE=64", f"DATA_FORMAT={opts.data_format}"])
     train = TextImageDataset(opts.data, "train", cfg, vocab=None, train=False)
     imgs, labels = split_images(train, attrs, parts, "judge: data set train renders", opts.progress)
     if opts.judge_renders > 0:
-        extra_imgs, extra_labels = fresh_renders(opts.judge_renders, parts, opts.seed, opts.progress)
-        imgs, labels = torch.cat([imgs, extra_imgs]), torch.cat([labels, extra_labels])
+        extra_imgs, extra_recs = faithfulness.render_set(opts.judge_renders, opts.seed, progress=opts.progress)
+        imgs, labels = torch.cat([imgs, extra_imgs]), torch.cat([labels, faithfulness.encode_labels(extra_recs, parts)])
     return imgs, labels
 
 
@@ -435,6 +422,14 @@ def sample_pictures(ts: TestSet, bundle: Bundle, text_encoder: nn.Module, genera
 # --------------------------------------------------------------------------------------------- main
 
 
+def fid_row(label: str, key: str, ref: FeatureStats, gen: PassResult, untrained: PassResult | None,
+            note: str) -> dict[str, Any]:
+    """FID of the generated `key` features against the real ones (`ref`), and the untrained generator's."""
+    return {"label": label, "value": frechet_distance(feature_stats(gen.cat(key)), ref),
+            "untrained": frechet_distance(feature_stats(untrained.cat(key)), ref) if untrained else None,
+            "note": note}
+
+
 def quality_bars(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     bars = []
     f = metrics.get("faithfulness", {})
@@ -536,12 +531,10 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     fid: dict[str, Any] = {}
     if incep is not None:
         ref = feature_stats(real_incep)
-        fid["inception"] = {
-            "label": "FID (Inception-v3 pool3)", "value": frechet_distance(feature_stats(gen.cat("incep_feats")), ref),
-            "untrained": frechet_distance(feature_stats(untrained.cat("incep_feats")), ref) if untrained else None,
-            "note": f"project Inception-v3 with {Path(opts.inception_weights).name}, {len(items)} generated vs "
-                    f"{ref.n} real test images; compare only with FID computed the same way",
-        }
+        fid["inception"] = fid_row(
+            "FID (Inception-v3 pool3)", "incep_feats", ref, gen, untrained,
+            f"project Inception-v3 with {Path(opts.inception_weights).name}, {len(items)} generated vs "
+            f"{ref.n} real test images; compare only with FID computed the same way")
         if gen.incep_probs:
             m, s = inception_score(gen.cat("incep_probs"), splits=opts.folds)
             metrics["inception_score"] = {"mean": m, "std": s, "note": "ImageNet classes of the given weights; the "
@@ -553,12 +546,10 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         metrics["inception_score"] = {"skipped": "no --inception-weights given"}
     if image_encoder is not None:
         ref = feature_stats(real_damsm)
-        fid["damsm"] = {
-            "label": "DAMSM-FID", "value": frechet_distance(feature_stats(gen.cat("damsm_feats")), ref),
-            "untrained": frechet_distance(feature_stats(untrained.cat("damsm_feats")), ref) if untrained else None,
-            "note": f"FID on the bundle's DAMSM image-encoder codes ({ref.mu.shape[0]}-d), {len(items)} generated "
-                    f"vs {ref.n} real test images: NOT comparable to published FID",
-        }
+        fid["damsm"] = fid_row(
+            "DAMSM-FID", "damsm_feats", ref, gen, untrained,
+            f"FID on the bundle's DAMSM image-encoder codes ({ref.mu.shape[0]}-d), {len(items)} generated "
+            f"vs {ref.n} real test images: NOT comparable to published FID")
     else:
         fid["damsm"] = {"skipped": "the bundle has no image encoder"}
     metrics["fid"] = fid
@@ -570,9 +561,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         named = named_for_items(items, ts, attrs)
         labels = faithfulness.encode_labels(named, judge.model.parts)
         pred = torch.from_numpy(gen.cat("judged"))
-        res = faithfulness.per_part_accuracy(pred, labels, judge.model.parts)
-        res["per_image_all_correct"] = float(np.mean([
-            bool(((pred[i] == labels[i]) | (labels[i] == faithfulness.IGNORE)).all()) for i in range(len(labels))]))
+        res = faithfulness.score(pred, labels, judge.model.parts, judge.judgeable)
         res["captions_without_named_attributes"] = sum(1 for n in named if not n)
         metrics["faithfulness"] = {"judge": judge.meta, "generated": res}
 

@@ -54,6 +54,7 @@ class EvalOptions:
     classifier_epochs: int = 6  # ~3 min on 2 busy CPU cores with 2000 renders + 3000 data set images
     judge_renders: int = 2000  # fresh synthetic renders added to the judge's training set
     progress: bool = True
+    precision: str = "fp32"  # fp32 (the reference) | bf16 (autocast, the serving fast path), to compare metrics
 
 
 @dataclass
@@ -203,7 +204,8 @@ def encode_batch(ids_list: list[list[int]], words_num: int, device: torch.device
 def generation_pass(desc: str, items: list[tuple[int, int]], ts: TestSet, text_encoder: nn.Module,
                     generator: nn.Module, image_encoder: nn.Module | None, incep: InceptionFeatures | None,
                     judge_model: faithfulness.AttributeClassifier | None, words_num: int, z_all: torch.Tensor,
-                    eps_all: torch.Tensor, batch_size: int, device: torch.device, progress: bool) -> PassResult:
+                    eps_all: torch.Tensor, batch_size: int, device: torch.device, progress: bool,
+                    precision: str = "fp32") -> PassResult:
     res = PassResult()
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress)
     for start in range(0, len(items), batch_size):
@@ -213,7 +215,8 @@ def generation_pass(desc: str, items: list[tuple[int, int]], ts: TestSet, text_e
         mask = captions[:, : words.size(2)] == 0
         z = z_all[start:start + len(chunk)].to(device)
         eps = eps_all[start:start + len(chunk)].to(device)
-        images = generator(z, sent, words, mask, eps)[0]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            images = generator(z, sent, words, mask, eps)[0]
         last = images[-1].float().clamp(-1, 1)
         res.sent.append(sent.float().cpu().numpy())
         if image_encoder is not None:
@@ -485,7 +488,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     eps_all = torch.randn(len(items), mc.condition_dim, generator=g)
     common: dict[str, Any] = {"items": items, "ts": ts, "words_num": mc.words_num, "z_all": z_all,
                               "eps_all": eps_all, "batch_size": opts.batch_size, "device": device,
-                              "progress": opts.progress}
+                              "progress": opts.progress, "precision": opts.precision}
     gen = generation_pass("generating (trained)", text_encoder=text_encoder, generator=generator,
                           image_encoder=image_encoder, incep=incep, judge_model=judge.model if judge else None,
                           **common)
@@ -495,7 +498,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
                    "training": bundle.manifest.get("training", bundle.manifest.get("info", {}))},
         "data": {"path": str(opts.data), "split": "test", "n_items": len(ts.dataset),
                  "n_classes": len(set(ts.dataset.class_ids)), "unknown_word_rate": ts.unknown_rate},
-        "protocol": {"n_images": len(items), "seed": opts.seed, "device": str(device), "folds": opts.folds},
+        "protocol": {"n_images": len(items), "seed": opts.seed, "device": str(device), "folds": opts.folds,
+                     "precision": opts.precision},
     }
 
     # R-precision (DM-GAN protocol)

@@ -104,3 +104,19 @@ def test_named_attributes_are_matched_by_caption_words(tmp_path, make_cub, make_
     named = named_for_items([(0, 3), (len(ts.dataset) - 1, 9)], ts, attrs)
     assert named[0] == attrs[ts.dataset.keys[0]]["captions"][3]["named"]
     assert named[1]["crown"] == attrs[ts.dataset.keys[-1]]["attributes"]["crown"]
+
+
+def test_bf16_metrics_match_fp32(tmp_path, tiny_data, tiny_bundle_dir, capsys):
+    """The serving fast path (bf16) is checked on metrics too: same captions and noise, near-identical results."""
+    results = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
+                               "--images", "20", "--batch-size", "10", "--samples", "1", "--no-untrained",
+                               "--precision", precision)
+        assert code == 0, err
+        results[precision] = json.loads((out / "metrics.json").read_text())
+    assert results["bf16"]["protocol"]["precision"] == "bf16"
+    assert abs(results["bf16"]["r_precision"]["mean"] - results["fp32"]["r_precision"]["mean"]) <= 0.1
+    fp32_fid = results["fp32"]["fid"]["damsm"]["value"]
+    assert abs(results["bf16"]["fid"]["damsm"]["value"] - fp32_fid) <= 0.05 * fp32_fid + 1e-3

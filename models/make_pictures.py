@@ -1,0 +1,104 @@
+"""The README pictures of the default model: docs/default_samples.png and docs/challenge_caption.png.
+
+Each row: the caption, the 64/128/256 px images, then the per-word attention maps of the last stage (the
+challenge picture shows both maps: map1 = 64->128 stage, map2 = 128->256 stage). Same seed, same picture.
+
+    .venv/bin/python models/make_pictures.py [--bundle models/default] [--docs docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+# Held-out-style captions (names of parts and colours from the synthetic birds' vocabulary).
+SAMPLE_CAPTIONS = [
+    "this bird has a red crown, a blue breast and green wings",
+    "a small bird with a yellow breast, a black crown and a short orange bill",
+    "this bird is mostly white with black wings and a long pointed bill",
+    "the bird has a purple back, a pink belly and a brown tail",
+    "a bird with a blue crown, an orange throat and grey wings",
+    "this bird has a green breast, a yellow belly and a red nape",
+]
+CHALLENGE_CAPTION = "the bird has a yellow crown and a black eyering that is round"
+TILE = 128
+
+
+def _caption_band(text: str, width: int, height: int = 22) -> Image.Image:
+    band = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(band).text((4, 5), text, fill="black", font=ImageFont.load_default())
+    return band
+
+
+def _row(t2i, caption: str, seed: int, maps: list[int]) -> Image.Image:
+    from attngan.render import attention_grid
+
+    result = t2i.generate([t2i.prepare(caption)], [seed])[0]
+    stages = [im.resize((TILE, TILE), Image.NEAREST if im.width < TILE else Image.BILINEAR) for im in result.images]
+    parts = list(stages)
+    for k in maps:
+        over = result.images[min(k + 1, len(result.images) - 1)]  # the stage this attention fed
+        parts.append(attention_grid(over, result.attention[k], result.tokens, tile=TILE // 2, columns=9))
+    width = sum(p.width for p in parts) + 4 * (len(parts) - 1)
+    height = max(p.height for p in parts)
+    body = Image.new("RGB", (width, height), "white")
+    x = 0
+    for p in parts:
+        body.paste(p, (x, 0))
+        x += p.width + 4
+    label = f'"{caption}"  (seed {seed}; words used: {" ".join(result.tokens)})'
+    out = Image.new("RGB", (width, height + 22), "white")
+    out.paste(_caption_band(label, width), (0, 0))
+    out.paste(body, (0, 22))
+    return out
+
+
+def _stack(rows: list[Image.Image], title: str) -> Image.Image:
+    width = max(r.width for r in rows)
+    head = _caption_band(title, width, 26)
+    sheet = Image.new("RGB", (width, head.height + sum(r.height + 8 for r in rows)), "white")
+    sheet.paste(head, (0, 0))
+    y = head.height
+    for r in rows:
+        sheet.paste(r, (0, y))
+        y += r.height + 8
+    return sheet
+
+
+def shrink_png(path: Path) -> None:
+    """Re-save as a 256-colour palette PNG: these pictures are flat colours, so this is ~4x smaller and looks the same."""
+    image = Image.open(path).convert("RGB")
+    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def main() -> None:
+    from attngan.pipeline import TextToImage
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default="models/default")
+    parser.add_argument("--docs", default="docs")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--shrink", nargs="*", default=[], metavar="PNG",
+                        help="also re-save these PNGs (e.g. the evaluation's samples.png) as palette PNGs")
+    args = parser.parse_args()
+    t2i = TextToImage.from_bundle(args.bundle, precision="fp32")
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    last = t2i.config.branch_num - 2  # index of the last attention map (the stage that draws the largest image)
+    rows = [_row(t2i, c, args.seed + i, [last]) for i, c in enumerate(SAMPLE_CAPTIONS)]
+    title = (f"default model {t2i.version}: caption -> 64 / 128 / 256 px images and the 256 px stage's "
+             "per-word attention")
+    _stack(rows, title).save(docs / "default_samples.png")
+    challenge = [_row(t2i, CHALLENGE_CAPTION, args.seed + i, [0, 1]) for i in range(3)]
+    _stack(challenge, f"default model {t2i.version}: the challenge caption, three seeds; "
+                      "64/128/256 px, then attention map1 (128 px stage) and map2 (256 px stage)"
+           ).save(docs / "challenge_caption.png")
+    for path in [docs / "default_samples.png", docs / "challenge_caption.png", *map(Path, args.shrink)]:
+        shrink_png(path)
+    print(f"wrote {docs / 'default_samples.png'} and {docs / 'challenge_caption.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -238,6 +238,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 break
             if step >= total:
                 break
+        else:
+            in_epoch = 0  # the epoch ran to its end
         if stopped:
             break
         valid = _validate(run, text, image, valid_loader, valid_sampler, epoch)
@@ -247,7 +249,11 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         if epoch % cfg.TRAIN.SNAPSHOT_INTERVAL == 0:
             snapshot(epoch)
         done = step >= total or epoch + 1 >= cfg.TRAIN.MAX_EPOCH
-        save(epoch + 1, 0)
+        # stopped by MAX_STEPS mid-epoch: a rerun with a larger MAX_STEPS continues inside this epoch
+        if in_epoch:
+            save(epoch, in_epoch)
+        else:
+            save(epoch + 1, 0)
         if done:
             snapshot(epoch + 1 if epoch % cfg.TRAIN.SNAPSHOT_INTERVAL else epoch)
             break

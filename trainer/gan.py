@@ -306,12 +306,18 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 break
             if step >= total:
                 break
+        else:
+            in_epoch = 0  # the epoch ran to its end
         if stopped:
             break
         done = step >= total or epoch + 1 >= cfg.TRAIN.MAX_EPOCH
         if epoch % cfg.TRAIN.SNAPSHOT_INTERVAL == 0 or done:
             snapshot(epoch)
-        save(epoch + 1, 0)
+        # stopped by MAX_STEPS mid-epoch: a rerun with a larger MAX_STEPS continues inside this epoch
+        if in_epoch:
+            save(epoch, in_epoch)
+        else:
+            save(epoch + 1, 0)
         if done:
             if info.is_main and fixed is not None:
                 save_samples(run, netG, ema, text_encoder, vocab, fixed, epoch, step)

@@ -188,3 +188,27 @@ def test_torchrun_two_processes_train_the_gan(birds, damsm_run, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3
+
+
+@pytest.mark.slow
+def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm_run, tmp_path):
+    """Extending a finished run (MAX_STEPS 6 -> 10) picks up inside the epoch where it stopped."""
+    from trainer.damsm import latest_encoders
+
+    text, _ = latest_encoders(damsm_run)
+    args = ["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), *sets(TINY_GAN),
+            *sets(["TRAIN.LOG_INTERVAL=1", f"TRAIN.NET_E={text}"])]
+    full = _cli([*args, "--set", "TRAIN.MAX_STEPS=10", "--output-dir", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr[-2000:]
+    out = tmp_path / "extended"
+    first = _cli([*args, "--set", "TRAIN.MAX_STEPS=6", "--output-dir", str(out)])
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["step_in_epoch"] > 0  # 6 is not a multiple of the steps per epoch
+    again = _cli([*args, "--set", "TRAIN.MAX_STEPS=10", "--output-dir", str(out)])
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 10
+    for name in a["ema"]:
+        assert torch.equal(a["ema"][name], b["ema"][name]), name

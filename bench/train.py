@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
-from _common import ROOT, describe, machine, md_table, ratio, time_call, today, write_section
+from _common import ROOT, describe, machine, matmul_peak, md_table, ratio, time_call, today, write_section
+from torch.utils.flop_counter import FlopCounterMode
 
 CONFIGS = {"synth": ROOT / "trainer/cfg/synth", "bird": ROOT / "trainer/cfg"}
 
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {describe(mach)}", flush=True)
     t_start = time.perf_counter()
     rows, notes = [], []
+    peaks: dict[str, float] = {}  # measured matmul FLOP/s per dtype: this machine's practical ceiling
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         damsm_cfg, gan_cfg = load_cfgs(name)
         n_words = args.n_words or (5450 if name == "bird" else 400)
@@ -213,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     torch.manual_seed(0)
                     step = fn(cfg, s, device, batch, n_words)
+                    with FlopCounterMode(display=False) as counter:  # one step, forward + backward
+                        step()
+                    flops = counter.get_total_flops()
                     t = time_call(step, device, min_runs=2 if not gpu else 5, min_seconds=seconds, warmup=1)
                 except Exception as exc:  # noqa: BLE001 - report a path this machine can't run, go on
                     print(f"  {name} {kind} {s.name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
@@ -221,14 +226,21 @@ def main(argv: list[str] | None = None) -> int:
                 base = base or its
                 print(f"  {name:5s} {kind:5s} batch {batch:3d} {s.name:36s} {its:8.3f} it/s "
                       f"({its * batch:7.1f} images/s, {t['runs']} runs)", flush=True)
-                rows.append([name, kind, batch, s.name, f"{its:.3f}", f"{its * batch:.1f}", ratio(its, base)])
+                dtype = "bf16" if "bf16" in s.name else "fp32"
+                if dtype not in peaks:
+                    peaks[dtype] = matmul_peak(device, dtype)
+                achieved = flops * its
+                rows.append([name, kind, batch, s.name, f"{its:.3f}", f"{its * batch:.1f}", ratio(its, base),
+                             f"{flops / 1e9:.1f}", f"{achieved / 1e12:.3f}",
+                             f"{100 * achieved / peaks[dtype]:.1f}% of {peaks[dtype] / 1e12:.2f} ({dtype})"])
                 del step
         if args.data:
             rate = loader_rate(gan_cfg, Path(args.data), gan_cfg.TRAIN.BATCH_SIZE, 3.0)
             if rate:
                 notes.append(f"{name}: the data loader delivers {rate:.0f} images/s per worker process on "
                              f"{args.data} (GAN config transforms).")
-    table = md_table(["config", "stage", "batch", "path", "iterations/s", "images/s", "vs fp32"], rows)
+    table = md_table(["config", "stage", "batch", "path", "iterations/s", "images/s", "vs fp32", "GFLOP/iteration",
+                      "achieved TFLOP/s", "vs measured matmul peak"], rows)
     print("\n" + table)
     for n in notes:
         print(n)
@@ -237,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 Machine: {describe(mach)}. One optimizer iteration = the trainer's step (DAMSM: both encoders, word + sentence
 losses, clip, Adam; GAN: G forward, every D's update, G's update with the DAMSM losses and KL, EMA) on synthetic
 batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (bird) / 400 (synth)'} words.
+FLOPs per iteration are counted with `torch.utils.flop_counter` over one step (matmuls and convolutions, forward
+and backward); the peak is a large square matmul measured in the same run, the practical ceiling of this machine.
 
 {table}
 """

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import requests
-from _common import ROOT, describe, machine, md_table, ratio, today, write_section
+from _common import ROOT, describe, machine, matmul_peak, md_table, ratio, today, write_section
 
 CAPTIONS = [
     "the bird has a yellow crown and a black eyering that is round",
@@ -278,6 +278,22 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{n}: {mb:.0f}" for n, mb in rss)
         + f"; growth after the first 500: {growth:+.1f} MB."
     )
+    # against the hardware's limit: FLOPs of one generation (text encoder + generator) x the best images/s
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attngan.pipeline import TextToImage
+
+    model = TextToImage.from_bundle(bundle, device="cpu" if device == "cpu" else device, precision="fp32")
+    with FlopCounterMode(display=False) as counter:
+        model.generate([model.prepare(CAPTIONS[0])], [1])
+    flops = counter.get_total_flops()
+    best = max(results["shipped"][c]["rps"] for c in levels)
+    peak_dtype = "bf16" if info["shipped"].get("precision") == "bf16" else "fp32"
+    peak = matmul_peak(device, peak_dtype)
+    limit_text = (f"Against the hardware: {flops / 1e9:.2f} GFLOP per request (one caption to three images) x "
+                  f"{best:.2f} req/s (shipped, best level) = {flops * best / 1e12:.3f} TFLOP/s, "
+                  f"{100 * flops * best / peak:.1f}% of the {peak / 1e12:.2f} TFLOP/s {peak_dtype} matmul peak "
+                  f"measured in the same run (the gap: convolutions and small ops run below matmul peak, plus PNG encoding, attention-map rendering and HTTP per request).")
     body = "\n\n".join([
         (f"`python bench/serve.py` ({today()}). {describe(m)}. Model: {what}. "
          f"Real gunicorn (1 worker, gthread) on 127.0.0.1; closed-loop clients; every request a new seed (no cache "
@@ -288,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{shipped.max_batch_size}, MAX_WAIT_MS {shipped.max_wait_ms:g}, precision measured at warm-up "
          f"(chose **{info['shipped'].get('precision')}** on {device})."),
         table,
+        limit_text,
         load_text,
     ])
     print("\n" + table + "\n\n" + load_text)

@@ -138,3 +138,13 @@ class GracefulStop:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def vocab_beside(path: Path):
+    """The run's `vocab.json` next to a checkpoint (`Model/x.pth` -> `Model/` or the run folder), or None."""
+    from attngan.text import Vocabulary
+
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "vocab.json").is_file():
+            return Vocabulary.load_json(folder / "vocab.json")
+    return None

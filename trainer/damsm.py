@@ -25,6 +25,7 @@ from trainer.checkpoint import (
     gather_rng_states,
     load_weights,
     restore_rng_state,
+    vocab_beside,
 )
 from trainer.distributed import average_gradients, barrier, broadcast_module, mean_value
 from trainer.runtime import (
@@ -90,7 +91,7 @@ def _init_from(path: str, text, image, vocab) -> None:
         image_state = bundle.read_state("image_encoder") if bundle.has_image_encoder else None
     else:
         state = load_weights(p)
-        old_vocab = _vocab_beside(p)
+        old_vocab = vocab_beside(p)
         beside = p.with_name(p.name.replace("text_encoder", "image_encoder"))
         image_state = load_weights(beside) if beside != p and beside.is_file() else None
         if old_vocab is None:
@@ -100,15 +101,6 @@ def _init_from(path: str, text, image, vocab) -> None:
     if image_state is not None:
         image.load_state_dict(image_state, strict=False)
     log.info("initialised from %s: %d of %d words of this data were known to it", path, known, len(vocab) - 1)
-
-
-def _vocab_beside(path: Path):
-    from attngan.text import Vocabulary
-
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "vocab.json").is_file():
-            return Vocabulary.load_json(folder / "vocab.json")
-    return None
 
 
 def train_damsm(cfg: Config, data_dir: str | None = None, output_dir: str | None = None,
@@ -130,7 +122,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
 
     vocab = None
     if ckpt is None and cfg.TRAIN.NET_E:
-        vocab = _vocab_beside(Path(cfg.TRAIN.NET_E))
+        vocab = vocab_beside(Path(cfg.TRAIN.NET_E))
     if ckpt is not None:
         from attngan.text import Vocabulary
         vocab = Vocabulary.from_dict(ckpt["vocab"])

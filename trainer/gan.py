@@ -27,8 +27,8 @@ from trainer.checkpoint import (
     gather_rng_states,
     load_weights,
     restore_rng_state,
+    vocab_beside,
 )
-from trainer.damsm import _vocab_beside
 from trainer.distributed import average_gradients, barrier, broadcast_module
 from trainer.runtime import (
     Progress,
@@ -83,7 +83,7 @@ def _load_encoders(cfg: Config, init_bundle):
     except RuntimeError as exc:
         raise AttnGANError(f"{image_path} does not fit IMAGE_ENCODER={cfg.IMAGE_ENCODER}: "
                            f"{str(exc).splitlines()[0]}") from None
-    return text, image, _vocab_beside(net_e)
+    return text, image, vocab_beside(net_e)
 
 
 def _has_checkpoint(cfg: Config, output_dir: str | None) -> bool:

@@ -76,7 +76,8 @@ def _networks(config: ModelConfig, device: str | torch.device = "meta", image_en
             "text_encoder": TextEncoder(config.n_words, nhidden=config.embedding_dim),
         }
         if image_encoder:
-            nets["image_encoder"] = ImageEncoder(config.embedding_dim, kind=config.image_encoder)
+            nets["image_encoder"] = ImageEncoder(config.embedding_dim, kind=config.image_encoder,
+                                                 input_size=config.image_encoder_size)
     return nets
 
 

@@ -57,6 +57,7 @@ class TrainConfig:
     CHECKPOINT_INTERVAL: int = 0  # steps between resumable checkpoints (0: every SNAPSHOT_INTERVAL epochs)
     NET_IMAGE_E: str = ""  # image encoder checkpoint for the GAN's DAMSM loss (default: beside NET_E)
     INCEPTION_WEIGHTS: str = ""  # local torchvision-format Inception-v3 ImageNet weights for DAMSM
+    IMAGE_BACKBONE: str = ""  # IMAGE_ENCODER small: pretrained trunk (`attngan train backbone`), frozen in DAMSM
     EMA_DECAY: float = 0.999  # generator parameter EMA (the original's 0.999)
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss
@@ -101,6 +102,7 @@ class Config:
     # ours
     DATA_FORMAT: str = "cub"  # cub | custom (a folder of images with same-named .txt captions)
     IMAGE_ENCODER: str = "inception"  # inception (paper) | small (from scratch, for small data sets)
+    IMAGE_ENCODER_SIZE: int = 0  # small: resize its input to this size first, as Inception resizes to 299 (0: native)
     OUTPUT_DIR: str = ""  # default: output/<DATASET_NAME>_<CONFIG_NAME>
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class ModelConfig:
     dcgan: bool = False
     attn_mask_original: bool = False
     image_encoder: str = "inception"
+    image_encoder_size: int = 0  # small encoder: input resized to this size (0: native)
 
     def __post_init__(self) -> None:
         if self.n_words < 1:
@@ -53,6 +54,8 @@ class ModelConfig:
             raise AttnGANError(f"TREE.BRANCH_NUM must be 1, 2 or 3 for the generator, got {self.branch_num}")
         if self.image_encoder not in ("inception", "small"):
             raise AttnGANError(f"IMAGE_ENCODER must be 'inception' or 'small', got {self.image_encoder!r}")
+        if self.image_encoder_size and (self.image_encoder_size < 64 or self.image_encoder_size % 16):
+            raise AttnGANError(f"IMAGE_ENCODER_SIZE must be 0 or a multiple of 16 from 64, got {self.image_encoder_size}")
         if self.embedding_dim % 2:
             raise AttnGANError(f"TEXT.EMBEDDING_DIM must be even (bi-LSTM halves), got {self.embedding_dim}")
 
@@ -71,6 +74,7 @@ class ModelConfig:
             dcgan=cfg.GAN.B_DCGAN,
             attn_mask_original=getattr(cfg.GAN, "ATTN_MASK_ORIGINAL", False),
             image_encoder=getattr(cfg, "IMAGE_ENCODER", "inception"),
+            image_encoder_size=getattr(cfg, "IMAGE_ENCODER_SIZE", 0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,17 +171,22 @@ class ImageEncoder(nn.Module):
     The trunk's BatchNorm stays in eval mode even under `.train()` unless `inception_bn_train=True` (the original's
     DAMSM quirk, where the frozen Inception's running statistics kept updating).
 
-    kind="small": four stride-2 conv blocks (3-32-64-128-256) trained from scratch, for small data sets and CPUs. It
-    works on the native 64-256 px images without resizing; R = round(17 * size / 299) (4 at 64, 7 at 128, 15 at 256,
-    17 at 299), the global code comes from one more block, average-pooled. About 3.0M parameters at nef=256.
+    kind="small": four stride-2 conv blocks (3-32-64-128-256) for small data sets and CPUs, trained from scratch or
+    started from a pretrained trunk (`attngan train backbone`, the small encoder's counterpart of ImageNet weights).
+    It works on the native 64-256 px images, or resizes them to `input_size` first (as Inception resizes to 299, so
+    an encoder trained at 128 px reads the generator's 256 px images at the size it knows, 4x cheaper);
+    R = round(17 * size / 299) (4 at 64, 7 at 128, 15 at 256), the global code comes from one more block,
+    average-pooled. About 3.0M parameters at nef=256. `frozen_trunk` keeps the trunk's BatchNorm in eval mode.
     """
 
     def __init__(self, nef: int = 256, kind: str = "inception", inception_weights: str | None = None,
-                 inception_bn_train: bool = False) -> None:
+                 inception_bn_train: bool = False, input_size: int = 0, frozen_trunk: bool = False) -> None:
         super().__init__()
         self.nef = nef
         self.kind = kind
         self.inception_bn_train = inception_bn_train
+        self.input_size = input_size
+        self.frozen_trunk = frozen_trunk
         if kind == "inception":
             for name, block in inception_blocks().items():
                 setattr(self, name, block)
@@ -209,7 +218,27 @@ class ImageEncoder(nn.Module):
         if self.kind == "inception" and not self.inception_bn_train:
             for name in INCEPTION_NAMES:
                 getattr(self, name).eval()
+        elif self.kind == "small" and self.frozen_trunk:
+            self.trunk.eval()
+            self.trunk_global.eval()
         return self
+
+    def freeze_trunk(self) -> None:
+        """Train only the projections (as the paper's DAMSM does over its frozen Inception)."""
+        if self.kind == "small":
+            self.frozen_trunk = True
+            self.trunk.requires_grad_(False)
+            self.trunk_global.requires_grad_(False)
+            self.train(self.training)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Small encoder: (trunk map B x 256 x S/16 x S/16, global B x 512) before the projections."""
+        if self.input_size and images.shape[-1] != self.input_size:
+            # in fp32: the antialiased kernel has no bf16 version on CPU (generator output under autocast)
+            images = F.interpolate(images.float(), size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False, antialias=images.shape[-1] > self.input_size)
+        x = self.trunk(images)
+        return x, F.adaptive_avg_pool2d(self.trunk_global(x), 1).flatten(1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "inception":
@@ -217,11 +246,9 @@ class ImageEncoder(nn.Module):
             regions, x = inception_forward(self, x)
             code = F.adaptive_avg_pool2d(x, 1).flatten(1)
             return self.emb_features(regions), self.emb_cnn_code(code)
-        size = images.shape[-1]
-        x = self.trunk(images)
-        r = max(1, round(17 * size / 299))
+        x, code = self.features(images)
+        r = max(1, round(17 * x.shape[-1] * 16 / 299))
         regions = F.adaptive_avg_pool2d(x, r) if x.shape[-1] != r else x
-        code = F.adaptive_avg_pool2d(self.trunk_global(x), 1).flatten(1)
         return self.emb_features(regions), self.emb_cnn_code(code)
 
 

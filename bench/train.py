@@ -115,7 +115,8 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
 
     mc = ModelConfig.from_config(cfg, n_words)
     text = TextEncoder(n_words, nhidden=mc.embedding_dim).to(device).eval().requires_grad_(False)
-    image = ImageEncoder(mc.embedding_dim, kind=mc.image_encoder).to(device).eval().requires_grad_(False)
+    image = ImageEncoder(mc.embedding_dim, kind=mc.image_encoder, input_size=mc.image_encoder_size)
+    image = image.to(device).eval().requires_grad_(False)
     netG = Generator(mc)
     netG.apply(init_weights)
     netsD = build_discriminators(mc)

@@ -1,4 +1,4 @@
-"""`attngan train damsm`, `attngan train gan` and `attngan export`."""
+"""`attngan train backbone|damsm|gan` and `attngan export`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def register(subparsers: Any) -> None:
     gan = tsub.add_parser("gan", help="train the attentional generator and discriminators")
     _common(gan, "trainer/cfg/bird_attn2.yml")
     gan.set_defaults(func=_train_gan)
+    backbone = tsub.add_parser("backbone", help="pretrain the small DAMSM image encoder's trunk on synthetic "
+                               "renders (TRAIN.IMAGE_BACKBONE; the small encoder's ImageNet weights)")
+    backbone.add_argument("--out", required=True, type=Path, help="backbone file to write (.safetensors)")
+    backbone.add_argument("--renders", type=int, default=8000, help="fresh renders to train on (default 8000)")
+    backbone.add_argument("--epochs", type=int, default=6, help="passes over the renders (default 6)")
+    backbone.add_argument("--size", type=int, default=128,
+                          help="render size; use the same IMAGE_ENCODER_SIZE in DAMSM and GAN (default 128)")
+    backbone.add_argument("--seed", type=int, default=0, help="render and training seed (default 0)")
+    backbone.set_defaults(func=_train_backbone)
     train.set_defaults(func=lambda args: (train.print_help(), 2)[1])
 
     export = subparsers.add_parser("export", help="write a model bundle from a GAN training run folder")
@@ -55,6 +64,15 @@ def _train_gan(args: argparse.Namespace) -> int:
     from trainer.gan import train_gan
 
     train_gan(_load(args), args.data_dir, args.output_dir, args.init_from)
+    return 0
+
+
+def _train_backbone(args: argparse.Namespace) -> int:
+    from trainer.backbone import train_backbone
+
+    meta = train_backbone(args.out, renders=args.renders, epochs=args.epochs, size=args.size, seed=args.seed)
+    print(f"{args.out}: {100 * meta['held_out_accuracy']:.1f}% of parts right on {meta['held_out_renders']} "
+          "held-out renders")
     return 0
 
 

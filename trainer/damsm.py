@@ -53,13 +53,29 @@ def damsm_lr(base: float, epoch: int) -> float:
     return lr
 
 
-def build_encoders(cfg: Config, n_words: int):
-    from attngan.model import ImageEncoder, TextEncoder
+def build_image_encoder(cfg: Config, pretrained: bool = False):
+    """The config's DAMSM image encoder; `pretrained`: with its ImageNet Inception weights or, for the small
+    encoder, its TRAIN.IMAGE_BACKBONE trunk (frozen, as the paper's Inception is)."""
+    from attngan.model import ImageEncoder, ModelConfig
 
-    text = TextEncoder(n_words, nhidden=cfg.TEXT.EMBEDDING_DIM)
-    weights = cfg.TRAIN.INCEPTION_WEIGHTS or None
-    image = ImageEncoder(nef=cfg.TEXT.EMBEDDING_DIM, kind=cfg.IMAGE_ENCODER, inception_weights=weights)
-    return text, image
+    ModelConfig.from_config(cfg, 1)  # validates IMAGE_ENCODER and IMAGE_ENCODER_SIZE
+    weights = (cfg.TRAIN.INCEPTION_WEIGHTS or None) if pretrained else None
+    image = ImageEncoder(nef=cfg.TEXT.EMBEDDING_DIM, kind=cfg.IMAGE_ENCODER, inception_weights=weights,
+                         input_size=cfg.IMAGE_ENCODER_SIZE)
+    if pretrained and cfg.TRAIN.IMAGE_BACKBONE:
+        from trainer.backbone import load_backbone
+
+        if cfg.IMAGE_ENCODER != "small":
+            raise AttnGANError("TRAIN.IMAGE_BACKBONE is for IMAGE_ENCODER small (Inception takes TRAIN.INCEPTION_WEIGHTS)")
+        load_backbone(image, cfg.TRAIN.IMAGE_BACKBONE)
+        image.freeze_trunk()
+    return image
+
+
+def build_encoders(cfg: Config, n_words: int):
+    from attngan.model import TextEncoder
+
+    return TextEncoder(n_words, nhidden=cfg.TEXT.EMBEDDING_DIM), build_image_encoder(cfg, pretrained=True)
 
 
 def remap_embedding(state: dict, old_vocab, new_vocab) -> tuple[dict, int]:

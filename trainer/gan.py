@@ -56,7 +56,8 @@ def ema_state(generator: torch.nn.Module, ema: dict[str, torch.Tensor]) -> dict[
 
 def _load_encoders(cfg: Config, init_bundle):
     """(text encoder, image encoder, vocabulary or None, source) from a bundle or from NET_E (+ image encoder)."""
-    from attngan.model import ImageEncoder, TextEncoder
+    from attngan.model import TextEncoder
+    from trainer.damsm import build_image_encoder
 
     if init_bundle is not None:
         text, _, image = init_bundle.build_networks("cpu", image_encoder=True)
@@ -76,7 +77,7 @@ def _load_encoders(cfg: Config, init_bundle):
     text.load_state_dict(text_state)
     image_path = Path(cfg.TRAIN.NET_IMAGE_E) if cfg.TRAIN.NET_IMAGE_E else \
         net_e.with_name(net_e.name.replace("text_encoder", "image_encoder"))
-    image = ImageEncoder(nef=cfg.TEXT.EMBEDDING_DIM, kind=cfg.IMAGE_ENCODER)
+    image = build_image_encoder(cfg)
     state = load_weights(image_path)
     try:
         image.load_state_dict(state)
@@ -122,13 +123,14 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         else:
             raise AttnGANError(f"--init-from {p}: neither a bundle folder nor a netG .pth file")
     if ckpt is not None:  # resume: the encoders travel in the checkpoint (NET_E may be gone)
-        from attngan.model import ImageEncoder, TextEncoder
+        from attngan.model import TextEncoder
         from attngan.text import Vocabulary
+        from trainer.damsm import build_image_encoder
 
         vocab = Vocabulary.from_dict(ckpt["vocab"])
         text_encoder = TextEncoder(len(vocab), nhidden=cfg.TEXT.EMBEDDING_DIM)
         text_encoder.load_state_dict(ckpt["text_encoder"])
-        image_encoder = ImageEncoder(nef=cfg.TEXT.EMBEDDING_DIM, kind=cfg.IMAGE_ENCODER)
+        image_encoder = build_image_encoder(cfg)
         image_encoder.load_state_dict(ckpt["image_encoder"])
     else:
         text_encoder, image_encoder, vocab = _load_encoders(cfg, init_bundle)

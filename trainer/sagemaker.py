@@ -6,9 +6,11 @@ Reads the SageMaker contract (root /opt/ml, overridable with SM_ROOT for tests):
   SageMaker: a restarted or spot-interrupted job resumes from it), SM_HOSTS / SM_CURRENT_HOST (multi-node).
 Runs DAMSM, then the GAN, then exports the bundle. On error writes one line to output/failure, exits 1.
 
-Hyperparameters: config (synth | bird | coco; default synth), damsm_config / gan_config (YAML paths),
+Hyperparameters: config (synth | default | bird | coco; default synth), damsm_config / gan_config (YAML paths),
 damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
-gan_set (KEY=VALUE overrides separated by spaces or commas), nproc_per_node (default: GPUs, or 1).
+gan_set (KEY=VALUE overrides separated by spaces or commas), nproc_per_node (default: GPUs, or 1),
+image_backbone ("train": pretrain the small image encoder's trunk first, kept in the checkpoint folder; a path:
+use that file; default "train" for config=default, else none), backbone_renders / backbone_epochs.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ log = logging.getLogger("trainer")
 CFG_DIR = Path(__file__).resolve().parent / "cfg"
 PRESETS = {
     "synth": ("synth/damsm.yml", "synth/gan.yml"),
+    "default": ("default/damsm.yml", "default/gan.yml"),  # the bundled default model's recipe
     "bird": ("DAMSM/bird.yml", "bird_attn2.yml"),
     "coco": ("DAMSM/coco.yml", "coco_attn2.yml"),
 }
 KNOWN = {"config", "damsm_config", "gan_config", "damsm_epochs", "gan_epochs", "max_steps", "set", "damsm_set",
-         "gan_set", "nproc_per_node", "master_port"}
+         "gan_set", "nproc_per_node", "master_port", "image_backbone", "backbone_renders", "backbone_epochs"}
 
 
 @dataclass
@@ -52,6 +55,9 @@ class Job:
     run_damsm: bool = True
     nproc: int = 1
     master_port: int = 29500
+    image_backbone: str = ""  # "" | "train" | a backbone file
+    backbone_renders: int = 10000
+    backbone_epochs: int = 8
 
     @property
     def node_rank(self) -> int:
@@ -140,6 +146,9 @@ def read_job(env: dict[str, str] | None = None) -> Job:
         damsm_set=damsm_set, gan_set=gan_set, run_damsm=damsm_epochs != 0,
         nproc=integer("nproc_per_node", max(gpus, 1)) or 1,
         master_port=integer("master_port", 29500) or 29500,
+        image_backbone=hp.get("image_backbone", "train" if preset == "default" else ""),
+        backbone_renders=integer("backbone_renders", 10000) or 10000,
+        backbone_epochs=integer("backbone_epochs", 8) or 8,
     )
 
 
@@ -180,13 +189,32 @@ def _run(cmd: list[str], stage: str) -> None:
         raise AttnGANError(f"{stage} stage failed with exit code {code} (see the log above)")
 
 
+def _image_backbone(job: Job) -> Path:
+    """The small image encoder's trunk for DAMSM: the given file, or one trained now at the size the DAMSM config
+    reads images (every host trains the same one from the same seed; a restarted job finds it in place)."""
+    if job.image_backbone != "train":
+        return Path(job.image_backbone)
+    from attngan.config import load_config
+
+    cfg = load_config(str(job.damsm_cfg), job.damsm_set)
+    size = cfg.IMAGE_ENCODER_SIZE or cfg.TREE.BASE_SIZE * 2 ** (cfg.TREE.BRANCH_NUM - 1)
+    path = job.checkpoint_dir / "image_backbone.safetensors"
+    if not path.is_file():
+        _run([sys.executable, "-m", "attngan.cli", "train", "backbone", "--out", str(path), "--size", str(size),
+              "--renders", str(job.backbone_renders), "--epochs", str(job.backbone_epochs)], "image backbone")
+    return path
+
+
 def run_job(job: Job) -> Path | None:
     from trainer.damsm import latest_encoders
 
     damsm_out, gan_out = job.checkpoint_dir / "damsm", job.checkpoint_dir / "gan"
     gan_set = list(job.gan_set)
     if job.run_damsm:
-        _run(_train_cmd(job, "damsm", job.damsm_cfg, job.damsm_set, damsm_out), "DAMSM")
+        damsm_set = list(job.damsm_set)
+        if job.image_backbone:
+            damsm_set.append(f"TRAIN.IMAGE_BACKBONE={_image_backbone(job)}")
+        _run(_train_cmd(job, "damsm", job.damsm_cfg, damsm_set, damsm_out), "DAMSM")
         text_path, image_path = latest_encoders(damsm_out)
         gan_set += [f"TRAIN.NET_E={text_path}", f"TRAIN.NET_IMAGE_E={image_path}"]
     _run(_train_cmd(job, "gan", job.gan_cfg, gan_set, gan_out), "GAN")

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.trainer.conftest import PYTHON, REPO, subprocess_env
 
@@ -24,16 +25,26 @@ def _opt_ml(root: Path, birds: Path, hyperparameters: dict[str, str]) -> dict[st
 def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     from attngan.bundle import load_bundle
 
-    common = "TREE.BRANCH_NUM=1 TREE.BASE_SIZE=64 IMAGE_ENCODER=small WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
+    # the default model's recipe (config=default): image backbone, DAMSM over it, GAN; shrunk to seconds
+    common = "TREE.BRANCH_NUM=1 TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
-    hp = {"config": "synth", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
-          "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16"}
+    hp = {"config": "default", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
+          "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16",
+          "backbone_renders": "64", "backbone_epochs": "1"}
     env = _opt_ml(tmp_path, birds, hp)
     res = subprocess.run([PYTHON, "-m", "trainer.sagemaker"], check=False, env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     bundle = load_bundle(tmp_path / "model")
     assert bundle.config.gf_dim == 8 and bundle.manifest["training"]["steps"] == 3
+    assert bundle.config.image_encoder == "small" and bundle.config.image_encoder_size == 64
+    backbone = tmp_path / "checkpoints" / "image_backbone.safetensors"
+    assert backbone.is_file()  # trained once, found in place by a restarted job
+    from safetensors.torch import load_file
+
+    trunk = load_file(str(backbone))
+    image = bundle.read_state("image_encoder")
+    assert all(torch.equal(image[k].float(), v.float()) for k, v in trunk.items())  # frozen through DAMSM
     assert (tmp_path / "checkpoints" / "damsm" / "checkpoint.pt").is_file()  # resumable after a restart
     assert (tmp_path / "checkpoints" / "gan" / "checkpoint.pt").is_file()
     assert not (tmp_path / "output" / "failure").exists()

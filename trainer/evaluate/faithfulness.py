@@ -123,7 +123,7 @@ def sample_attributes(rng: np.random.Generator) -> dict[str, str]:
     return a
 
 
-def render_set(n: int, seed: int, size: int = INPUT_SIZE, progress: bool = False
+def render_set(n: int, seed: int, size: int = INPUT_SIZE, progress: bool = False, desc: str = "judge: fresh renders"
                ) -> tuple[torch.Tensor, list[dict[str, str]]]:
     """`n` fresh real renders (N x 3 x size x size in [-1, 1]) with their attributes, cropped to the bird's
     box and centre-cropped exactly as the data loader does (deterministic for a seed)."""
@@ -134,7 +134,7 @@ def render_set(n: int, seed: int, size: int = INPUT_SIZE, progress: bool = False
 
     rng = np.random.default_rng([seed, 7])
     imgs, recs = [], []
-    for _ in tqdm(range(n), desc="judge: fresh renders", unit="img", disable=not progress, leave=False):
+    for _ in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False):
         attrs = sample_attributes(rng)
         img, bbox = synth._render(attrs, 256, rng)
         imgs.append(image_pyramid(crop_to_bbox(img, bbox), [size], train=False)[0])
@@ -207,21 +207,31 @@ def _cpu_bf16() -> bool:
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, parts: dict[str, list[str]], *,
                      epochs: int = 6, batch_size: int = 64, lr: float = 3e-3, device: str = "cpu",
                      seed: int = 0, progress: bool = True, width: int = 24) -> AttributeClassifier:
-    """Train on N x 3 x S x S images in [-1, 1] with N x P labels (IGNORE = unknown): Adam with a one-cycle
-    learning rate, bf16 autocast where fast, augmentation on every batch."""
+    """The judge: an AttributeClassifier fitted with `fit_attributes`."""
+    torch.manual_seed(seed)
+    model = AttributeClassifier(parts, width=width)
+    fit_attributes(model, to_input_size(images), labels, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                   seed=seed, progress=progress, desc="judge: training")
+    return model
+
+
+def fit_attributes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int = 64,
+                   lr: float = 3e-3, device: str = "cpu", seed: int = 0, progress: bool = True,
+                   desc: str = "training") -> nn.Module:
+    """Fit a model whose forward gives {part: logits} (`model.parts` names the parts in label order) on
+    N x 3 x S x S images in [-1, 1] with N x P labels (IGNORE = unknown): AdamW with a one-cycle learning rate,
+    bf16 autocast where fast, `augment` on every batch. Returns the model in eval mode."""
     from tqdm import tqdm
 
-    torch.manual_seed(seed)
-    images = to_input_size(images)
-    model = AttributeClassifier(parts, width=width).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     n = len(images)
     per_epoch = max(1, n // batch_size)
     steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     gen = torch.Generator().manual_seed(seed)
-    names = list(parts)
-    bar = tqdm(total=steps, desc="judge: training", unit="step", disable=not progress, leave=False)
+    names = list(model.parts)
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
@@ -246,7 +256,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, parts: dict[str
 
 
 @torch.no_grad()
-def predict(model: AttributeClassifier, images: torch.Tensor, batch_size: int = 128,
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
             device: str = "cpu") -> torch.Tensor:
     """N x P predicted value indices."""
     model.eval()

@@ -138,6 +138,11 @@ def render_markdown(m: dict[str, Any]) -> str:
         L.append(f"| R-precision (top-1 of {rp['candidates']}) | {_pct(rp['mean'])} ± {_pct(rp['std'])} | "
                  f"chance {_pct(rp['chance'])} | DM-GAN protocol, {rp['folds']} folds of {rp['n_images']} images; "
                  f"DAMSM = the bundle's own encoders |")
+        if "real_images" in rp:
+            real = rp["real_images"]
+            L.append(f"| R-precision of the real test images | {_pct(real['mean'])} ± {_pct(real['std'])} | "
+                     f"chance {_pct(rp['chance'])} | the same captions and candidates ranked for the real image: "
+                     f"the ceiling the DAMSM encoders set |")
     elif rp:
         L.append(f"| R-precision | skipped | | {rp.get('skipped')} |")
     fid = m.get("fid", {})

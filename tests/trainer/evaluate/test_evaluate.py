@@ -34,6 +34,7 @@ def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_b
     m = json.loads((out / "metrics.json").read_text())
     rp = m["r_precision"]
     assert rp["n_images"] == 20 and rp["candidates"] == 100 and 0.0 <= rp["mean"] <= 1.0
+    assert 0.0 <= rp["real_images"]["mean"] <= 1.0  # the encoders' ceiling on the real test images
     damsm = m["fid"]["damsm"]
     assert damsm["label"] == "DAMSM-FID" and "NOT comparable" in damsm["note"]
     assert damsm["value"] >= 0 and damsm["untrained"] >= 0
@@ -45,6 +46,7 @@ def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_b
     assert c["bundle_bytes"] > 0 and c["cpu_latency"]["median_ms"] > 0
     report = (out / "report.md").read_text()
     assert "NOT the paper's numbers" in report and "DAMSM-FID" in report and "Skipped:" in report
+    assert "R-precision of the real test images" in report
     for png in ("samples.png", "training_curves.png"):
         assert (out / png).stat().st_size > 1000
 

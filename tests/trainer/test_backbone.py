@@ -1,0 +1,121 @@
+"""The small image encoder's pretrained trunk (`attngan train backbone`, TRAIN.IMAGE_BACKBONE) and its input size
+(IMAGE_ENCODER_SIZE): it learns parts, DAMSM keeps it frozen, bundles remember the size, bad files are one line."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attngan.config import load_config
+from attngan.errors import AttnGANError
+from attngan.model import ImageEncoder, ModelConfig
+from tests.trainer.conftest import PYTHON, REPO, TINY_DAMSM, subprocess_env
+
+DAMSM_CFG = str(REPO / "trainer/cfg/DAMSM/bird.yml")
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    from trainer.backbone import train_backbone
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("backbone") / "trunk.safetensors"
+    meta = train_backbone(out, renders=768, epochs=4, size=64, seed=5, held_out=300, progress=False)
+    return out, meta
+
+
+def test_backbone_learns_the_parts_of_unseen_renders(backbone):
+    from trainer.backbone import PartHeads, read_backbone
+    from trainer.data.synth import ATTRIBUTE_VALUES
+    from trainer.evaluate import faithfulness as fz
+
+    path, meta = backbone
+    state, saved = read_backbone(path)
+    assert saved == meta and meta["size"] == 64 and meta["renders"] == 768
+    assert set(state) and all(k.startswith(("trunk.", "trunk_global.")) for k in state)
+    # the same held-out renders read by a random trunk with the same heads trained: the pretrained one is far better
+    parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items()}
+    assert meta["held_out_accuracy"] > 0.3, meta
+    big = ("wing", "belly", "crown", "tail")
+    chance = sum(1 / len(parts[p]) for p in big) / len(big)
+    assert sum(meta["held_out_per_part"][p] for p in big) / len(big) > 2 * chance, meta
+    torch.manual_seed(0)
+    untrained = PartHeads(parts, 64).eval()
+    images, records = fz.render_set(100, 6, size=64)
+    acc = fz.per_part_accuracy(fz.predict(untrained, images), fz.encode_labels(records, parts), parts)
+    assert acc["accuracy"] < meta["held_out_accuracy"] - 0.1
+
+
+def test_damsm_keeps_the_backbone_frozen_and_snapshots_it(birds, backbone, tmp_path):
+    from safetensors.torch import load_file
+
+    from trainer.damsm import train_damsm
+
+    path, _ = backbone
+    cfg = load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.MAX_STEPS=6", "IMAGE_ENCODER_SIZE=64",
+                                               f"TRAIN.IMAGE_BACKBONE={path}"])
+    run = train_damsm(cfg, str(birds), str(tmp_path / "damsm"))
+    image = torch.load(max((run / "Model").glob("image_encoder*.pth")), weights_only=True)
+    trunk = load_file(str(path))
+    for k, v in trunk.items():  # weights and BatchNorm statistics untouched by DAMSM
+        assert torch.equal(image[k], v), k
+    fresh = ImageEncoder(32, kind="small").state_dict()
+    assert not torch.allclose(image["emb_cnn_code.weight"].float(), fresh["emb_cnn_code.weight"].float())
+
+
+def test_input_size_resizes_like_inception_and_travels_in_bundles(tmp_path):
+    from attngan.bundle import load_bundle, write_bundle
+
+    torch.manual_seed(0)
+    enc = ImageEncoder(16, kind="small", input_size=64).eval()
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    regions, code = enc(x)
+    small = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+    regions64, code64 = enc(small)
+    assert regions.shape == (2, 16, 4, 4) and torch.allclose(code, code64) and torch.allclose(regions, regions64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the GAN feeds it bf16 images under autocast
+        assert enc(x.bfloat16())[1].shape == (2, 16)
+    with pytest.raises(AttnGANError, match="IMAGE_ENCODER_SIZE"):
+        ModelConfig(n_words=5, image_encoder="small", image_encoder_size=100)
+    from attngan.model import Generator, TextEncoder
+    from attngan.text import Vocabulary
+
+    vocab = Vocabulary.build([["a", "red", "bird"]])
+    config = ModelConfig(n_words=len(vocab), embedding_dim=16, gf_dim=4, df_dim=4, branch_num=1,
+                         image_encoder="small", image_encoder_size=64)
+    bundle_dir = write_bundle(tmp_path / "b", config=config, vocab=vocab, generator=Generator(config).state_dict(),
+                              text_encoder=TextEncoder(len(vocab), nhidden=16).state_dict(),
+                              image_encoder=enc.state_dict())
+    bundle = load_bundle(bundle_dir)
+    assert bundle.config.image_encoder_size == 64
+    _, _, image = bundle.build_networks(image_encoder=True)
+    assert image is not None and image.input_size == 64
+
+
+def test_bad_backbone_files_are_one_line(birds, tmp_path):
+    from safetensors.torch import save_file
+
+    not_backbone = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(not_backbone))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    for path, expected in [(tmp_path / "missing.safetensors", "does not exist"),
+                           (not_backbone, "not an image backbone"), (garbage, "not a safetensors")]:
+        cfg = load_config(DAMSM_CFG, TINY_DAMSM + [f"TRAIN.IMAGE_BACKBONE={path}"])
+        from trainer.damsm import build_image_encoder
+
+        with pytest.raises(AttnGANError, match=expected):
+            build_image_encoder(cfg, pretrained=True)
+    cfg = load_config(DAMSM_CFG, [f"TRAIN.IMAGE_BACKBONE={not_backbone}"])  # the Inception encoder
+    with pytest.raises(AttnGANError, match="IMAGE_ENCODER small"):
+        from trainer.damsm import build_image_encoder
+
+        build_image_encoder(cfg, pretrained=True)
+    res = subprocess.run([PYTHON, "-m", "attngan.cli", "train", "backbone", "--out", str(tmp_path / "x.safetensors"),
+                          "--renders", "10"], capture_output=True, text=True, cwd=REPO, env=subprocess_env(),
+                         timeout=120, check=False)
+    assert res.returncode != 0 and "--renders must be at least" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr

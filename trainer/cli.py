@@ -108,13 +108,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = Non
             raise AttnGANError(f"{path} not found (latest is netG_epoch_{latest[1]}.pth)")
         generator = load_weights(path)
         source = path.name
+    steps, epochs = int(ckpt["step"]), int(ckpt["epoch"])
+    if epoch is not None:  # an epoch snapshot: the steps done when it was written, not the run's latest
+        done_epochs = int(ckpt["epoch"])
+        per_epoch = (steps - int(ckpt.get("step_in_epoch", 0))) // done_epochs if done_epochs else 0
+        steps, epochs = (epoch + 1) * per_epoch, epoch + 1
     del ema_state  # the checkpoint stores G and its EMA separately; combined above
     cfg = ckpt["config"]
     info = {
         "source_run": str(run.resolve()),
         "generator_from": source,
-        "steps": int(ckpt["step"]),
-        "epochs": int(ckpt["epoch"]),
+        "steps": steps,
+        "epochs": epochs,
         "seed": int(ckpt["seed"]),
         "config_name": cfg.get("CONFIG_NAME", ""),
         "dataset": cfg.get("DATASET_NAME", ""),

@@ -82,6 +82,13 @@ def test_gan_trains_and_exports_a_bundle_that_generates(gan_run, tmp_path):
     ckpt = torch.load(gan_run / "checkpoint.pt", weights_only=True)
     for name, value in ckpt["ema"].items():  # the bundle's generator is the EMA one
         assert torch.equal(generator.state_dict()[name], value)
+    # an epoch snapshot reports the steps done when it was written (here the last epoch's: all 24)
+    from trainer.gan import latest_generator
+
+    _, last_epoch = latest_generator(gan_run)
+    snapshot = load_bundle(export_run(gan_run, tmp_path / "snapshot", epoch=last_epoch))
+    assert snapshot.manifest["training"]["steps"] == 24
+    assert snapshot.manifest["training"]["epochs"] == last_epoch + 1
 
 
 def _cli(args: list[str], **kw) -> subprocess.CompletedProcess:

@@ -245,6 +245,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 stopped = True
                 break
             if step >= total:
+                if in_epoch >= sampler.num_samples // cfg.TRAIN.BATCH_SIZE:
+                    in_epoch = 0  # the last step fell on the epoch's end: the epoch ran to its end
                 break
         else:
             in_epoch = 0  # the epoch ran to its end

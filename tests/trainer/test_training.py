@@ -219,3 +219,14 @@ def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm
     assert a["step"] == b["step"] == 10
     for name in a["ema"]:
         assert torch.equal(a["ema"][name], b["ema"][name]), name
+    # a run whose last step is an epoch's last (8 = 2 epochs of 4) records the next epoch, as a natural end does
+    boundary = tmp_path / "boundary"
+    first = _cli([*args, "--set", "TRAIN.MAX_STEPS=8", "--output-dir", str(boundary)])
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = torch.load(boundary / "checkpoint.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (8, 2, 0)
+    again = _cli([*args, "--set", "TRAIN.MAX_STEPS=10", "--output-dir", str(boundary)])
+    assert again.returncode == 0, again.stderr[-2000:]
+    c = torch.load(boundary / "checkpoint.pt", weights_only=True)
+    for name in a["ema"]:
+        assert torch.equal(a["ema"][name], c["ema"][name]), name

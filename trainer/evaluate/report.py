@@ -143,6 +143,11 @@ def render_markdown(m: dict[str, Any]) -> str:
             L.append(f"| R-precision of the real test images | {_pct(real['mean'])} ± {_pct(real['std'])} | "
                      f"chance {_pct(rp['chance'])} | the same captions and candidates ranked for the real image: "
                      f"the ceiling the DAMSM encoders set |")
+        if "attribute_oracle" in rp:
+            oracle = rp["attribute_oracle"]
+            L.append(f"| R-precision of a perfect attribute reader | {_pct(oracle['mean'])} ± {_pct(oracle['std'])} | "
+                     f"chance {_pct(rp['chance'])} | the same candidates scored from the ground-truth attributes "
+                     f"(+1 per named attribute the bird has, -10 per one it lacks): the ceiling these captions allow |")
     elif rp:
         L.append(f"| R-precision | skipped | | {rp.get('skipped')} |")
     fid = m.get("fid", {})

@@ -48,6 +48,29 @@ def r_precision_hits(image_codes: np.ndarray, true_text: np.ndarray, mismatched_
     return true_sim > mis_sim.max(axis=1)
 
 
+def attribute_oracle_hits(named: list[dict[str, str]], truth: list[dict[str, str]], mismatched: np.ndarray,
+                          contradiction_cost: float = 10.0) -> np.ndarray:
+    """Expected top-1 hit per item of a matcher that reads every attribute of every image perfectly: a caption
+    scores +1 per attribute it names that the image has and -`contradiction_cost` per one the image does not
+    have; ties with the true caption are broken at random (expected value 1 / (1 + ties)).
+
+    It sets how high R-precision can go on these captions at all: a short caption ("a bird with a red crown")
+    may fit an image of another class as well as its own one does.
+    """
+    def score(caption: dict[str, str], image: dict[str, str]) -> float:
+        right = sum(1 for part, value in caption.items() if image.get(part) == value)
+        return right - contradiction_cost * (len(caption) - right)
+
+    hits = np.zeros(len(truth))
+    for i, image in enumerate(truth):
+        own = score(named[i], image)
+        others = np.array([score(named[j], image) for j in mismatched[i]])
+        if (others > own).any():
+            continue
+        hits[i] = 1.0 / (1 + int((others == own).sum()))
+    return hits
+
+
 def fold_stats(hits: np.ndarray, folds: int = 10, rng: np.random.Generator | None = None) -> tuple[float, float]:
     """Mean and std of the hit rate over `folds` equal parts (shuffled first when `rng` is given)."""
     hits = np.asarray(hits, dtype=np.float64)

@@ -26,7 +26,7 @@ from attngan.errors import AttnGANError
 from attngan.text import pad_caption
 from trainer.evaluate import complexity, faithfulness, report
 from trainer.evaluate.fid import FeatureStats, feature_stats, frechet_distance, inception_score
-from trainer.evaluate.rprecision import fold_stats, r_precision_hits, sample_mismatched
+from trainer.evaluate.rprecision import attribute_oracle_hits, fold_stats, r_precision_hits, sample_mismatched
 
 log = logging.getLogger(__name__)
 
@@ -544,6 +544,11 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         hits = r_precision_hits(real_damsm[[i for i, _ in items]], sent, sent[mis])
         mean, std = fold_stats(hits, opts.folds, rng)
         metrics["r_precision"]["real_images"] = {"mean": mean, "std": std}
+        if attrs is not None:  # synthetic birds: how high any matcher could go on these very captions
+            truth = [attrs.get(ts.dataset.keys[i], {}).get("attributes", {}) for i, _ in items]
+            hits = attribute_oracle_hits(named_for_items(items, ts, attrs), truth, mis)
+            mean, std = fold_stats(hits, opts.folds, np.random.default_rng(opts.seed))
+            metrics["r_precision"]["attribute_oracle"] = {"mean": mean, "std": std}
     fid: dict[str, Any] = {}
     if incep is not None:
         ref = feature_stats(real_incep)

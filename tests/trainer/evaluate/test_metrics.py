@@ -170,3 +170,21 @@ def test_attribute_classifier_learns_colours_and_caches(tmp_path):
     again = load_classifier(tmp_path / "attribute_classifier.safetensors")
     assert again is not None and again.meta["key"] == "k"
     assert torch.equal(predict(again.model, x[:30]), predict(cached.model, x[:30]))
+
+
+def test_attribute_oracle_counts_ties_and_contradictions():
+    from trainer.evaluate.rprecision import attribute_oracle_hits
+
+    truth = [{"crown": "red", "wing": "blue"}] * 3
+    named = [{"crown": "red", "wing": "blue"},  # item 0: its own caption names both, the others fewer or wrong
+             {"crown": "red"},                 # item 1: "red crown" alone ties with item 2's caption
+             {"crown": "red"}]
+    mismatched = np.array([[1, 2], [2, 0], [1, 0]])
+    hits = attribute_oracle_hits(named, truth, mismatched)
+    # item 0 beats both one-attribute captions; item 1 ties item 2 and loses to item 0's two attributes
+    assert hits.tolist() == [1.0, 0.0, 0.0]
+    # one contradiction outweighs naming more right attributes; an exact tie is a coin flip (expected 0.5)
+    truth = [{"crown": "red", "wing": "blue", "tail": "black"}]
+    named = [{"crown": "red"}, {"crown": "red", "wing": "blue", "tail": "white"}, {"wing": "blue"}]
+    assert attribute_oracle_hits(named, truth, np.array([[1, 2]])).tolist() == [0.5]
+    assert attribute_oracle_hits(named, truth, np.array([[1, 1]])).tolist() == [1.0]

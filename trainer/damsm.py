@@ -32,6 +32,7 @@ from trainer.runtime import (
     Progress,
     Run,
     autocast,
+    batches_per_epoch,
     checkpoint_or_stop,
     log_step,
     make_loader,
@@ -245,7 +246,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 stopped = True
                 break
             if step >= total:
-                if in_epoch >= sampler.num_samples // cfg.TRAIN.BATCH_SIZE:
+                if in_epoch >= batches_per_epoch(sampler, cfg.TRAIN.BATCH_SIZE):
                     in_epoch = 0  # the last step fell on the epoch's end: the epoch ran to its end
                 break
         else:

@@ -235,6 +235,15 @@ def resolve_data_dir(cfg: Config, data_dir: str | None) -> Path:
     return path
 
 
+def _worker_ignores_stop_signals(_worker_id: int) -> None:
+    """Data workers leave SIGTERM/SIGINT to the trainer: a signal sent to the whole process group (Ctrl-C, a
+    group kill) would otherwise kill a worker and crash the run before it saves its checkpoint."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset, run: Run, seed: int, *, shuffle: bool = True,
                 batch_size: int | None = None) -> tuple[torch.utils.data.DataLoader, ResumableSampler]:
     """A loader whose order depends only on (seed, epoch), so a resumed run sees the same batches."""
@@ -249,7 +258,7 @@ def make_loader(dataset, run: Run, seed: int, *, shuffle: bool = True,
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=run.cfg.WORKERS, collate_fn=collate_batch,
         drop_last=True, pin_memory=run.device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-        persistent_workers=run.cfg.WORKERS > 0)
+        persistent_workers=run.cfg.WORKERS > 0, worker_init_fn=_worker_ignores_stop_signals)
     return loader, sampler
 
 

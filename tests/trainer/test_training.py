@@ -137,6 +137,36 @@ def test_sigterm_saves_and_rerun_resumes_to_identical_weights(birds, damsm_run, 
 
 
 @pytest.mark.slow
+def test_group_sigterm_with_a_data_worker_saves_and_resumes(birds, damsm_run, tmp_path):
+    """SIGTERM to the whole process group (a group kill; Ctrl-C sends SIGINT the same way) reaches the data worker
+    too: the worker ignores it and the trainer saves and exits 0; the rerun finishes the step count."""
+    import os
+
+    from trainer.damsm import latest_encoders
+
+    text, _ = latest_encoders(damsm_run)
+    args = ["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), *sets(TINY_GAN),
+            *sets(["TRAIN.MAX_STEPS=10", "TRAIN.LOG_INTERVAL=1", f"TRAIN.NET_E={text}", "WORKERS=1"]),
+            "--output-dir", str(tmp_path / "run")]
+    proc = subprocess.Popen([PYTHON, "-m", "attngan.cli", *args], cwd=REPO, env=subprocess_env(),
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stderr:
+        lines.append(line)
+        if "step 3/10" in line or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    _, rest = proc.communicate(timeout=240)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log[-2000:]
+    assert "checkpoint saved" in log and "killed by signal" not in log
+    again = _cli(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 10
+
+
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu_trains_and_checkpoints(birds, tmp_path):
     out = tmp_path / "ddp"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "attngan.cli",

@@ -116,7 +116,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = Non
     del ema_state  # the checkpoint stores G and its EMA separately; combined above
     cfg = ckpt["config"]
     info = {
-        "source_run": str(run.resolve()),
+        "source_run": str(run),
         "generator_from": source,
         "steps": steps,
         "epochs": epochs,

@@ -104,7 +104,10 @@ class ResumableSampler(DistributedSampler):
     """DistributedSampler (works with one process too) that can start mid-epoch.
 
     Each epoch's order depends only on (seed, epoch), so skipping the first `start` batches of a
-    resumed epoch yields exactly the batches the interrupted run had not seen yet.
+    resumed epoch yields exactly the batches the interrupted run had not seen yet. It yields
+    (index, sample_seed) pairs: the seed of each sample's random choices (caption, crop, flip) depends only on
+    (seed, epoch, rank, position), not on which process or data worker draws it, so a resumed run, with or
+    without workers, sees the very samples the uninterrupted one would have.
     """
 
     def __init__(self, dataset, info: DistInfo, seed: int, shuffle: bool = True, drop_last: bool = True):
@@ -120,9 +123,12 @@ class ResumableSampler(DistributedSampler):
         super().set_epoch(epoch)
         self.start = 0
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        import numpy as np
+
         indices = list(super().__iter__())
-        return iter(indices[self.start:])
+        seeds = np.random.SeedSequence([self.seed, self.epoch, self.rank]).generate_state(len(indices), np.uint64)
+        return iter([(i, int(seeds[k])) for k, i in enumerate(indices)][self.start:])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

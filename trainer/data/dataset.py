@@ -109,8 +109,13 @@ class TextImageDataset(torch.utils.data.Dataset):
     def images(self, index: int, rng: np.random.Generator | None = None) -> list[torch.Tensor]:
         return image_pyramid(self.load_image(index), self.image_sizes, train=self.train, rng=rng)
 
-    def __getitem__(self, index: int) -> Sample:
-        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+    def __getitem__(self, index: int | tuple[int, int]) -> Sample:
+        """`index`, or (index, seed) from the trainer's sampler: the seed fixes this sample's random choices."""
+        if isinstance(index, tuple):
+            index, seed = index
+        else:
+            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+        rng = np.random.default_rng(seed)
         caps = self.records.captions[index]
         choice = int(rng.integers(0, len(caps)))
         if not caps[choice]:  # only possible after remapping to another vocabulary

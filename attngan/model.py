@@ -176,17 +176,17 @@ class ImageEncoder(nn.Module):
     It works on the native 64-256 px images, or resizes them to `input_size` first (as Inception resizes to 299, so
     an encoder trained at 128 px reads the generator's 256 px images at the size it knows, 4x cheaper);
     R = round(17 * size / 299) (4 at 64, 7 at 128, 15 at 256), the global code comes from one more block,
-    average-pooled. About 3.0M parameters at nef=256. `frozen_trunk` keeps the trunk's BatchNorm in eval mode.
+    average-pooled. About 3.0M parameters at nef=256. After `freeze_trunk()` the trunk's BatchNorm stays in eval mode.
     """
 
     def __init__(self, nef: int = 256, kind: str = "inception", inception_weights: str | None = None,
-                 inception_bn_train: bool = False, input_size: int = 0, frozen_trunk: bool = False) -> None:
+                 inception_bn_train: bool = False, input_size: int = 0) -> None:
         super().__init__()
         self.nef = nef
         self.kind = kind
         self.inception_bn_train = inception_bn_train
         self.input_size = input_size
-        self.frozen_trunk = frozen_trunk
+        self.frozen_trunk = False  # freeze_trunk(): projections-only training over a pretrained trunk
         if kind == "inception":
             for name, block in inception_blocks().items():
                 setattr(self, name, block)

@@ -150,8 +150,10 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     mc = ModelConfig.from_config(cfg, n_words)
     if init_bundle is not None:
         mismatch = {k: (getattr(init_bundle.config, k), getattr(mc, k)) for k in
-                    ("gf_dim", "z_dim", "condition_dim", "r_num", "branch_num", "dcgan", "embedding_dim")
+                    ("gf_dim", "z_dim", "condition_dim", "r_num", "dcgan", "embedding_dim")
                     if getattr(init_bundle.config, k) != getattr(mc, k)}
+        if init_bundle.config.branch_num > mc.branch_num:  # fewer stages than the bundle: nothing to grow into
+            mismatch["branch_num"] = (init_bundle.config.branch_num, mc.branch_num)
         if mismatch:
             raise AttnGANError(f"--init-from bundle architecture differs from the config: {mismatch}")
     netG = Generator(mc)
@@ -161,10 +163,20 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         d.apply(init_weights)
     start_epoch, step, skip = 0, 0, 0
     if init_bundle is not None:
-        netG.load_state_dict(init_bundle.read_state("generator"), strict=False)
+        load_grown_generator(netG, init_bundle.read_state("generator"), f"bundle {init_bundle.path}")
         log.info("fine-tuning from bundle %s (version %s)", init_bundle.path, init_bundle.version)
     elif init_g is not None:
-        netG.load_state_dict(init_g)
+        grown = load_grown_generator(netG, init_g, str(init_from))
+        # the discriminators of the stages the source had: the original's netD{i}.pth beside netG, where they are
+        same_d = netsD if not grown else [] if mc.dcgan else netsD[: mc.branch_num - len({m[-1] for m in grown})]
+        for i, d in enumerate(same_d):
+            d_path = Path(init_from).parent / f"netD{i}.pth"
+            if d_path.is_file():
+                try:
+                    d.load_state_dict(load_weights(d_path))
+                except RuntimeError as exc:
+                    raise AttnGANError(f"{d_path} does not fit the config: {str(exc).splitlines()[0]}") from None
+                log.info("discriminator %d from %s", i, d_path)
         log.info("fine-tuning from generator %s", init_from)
     elif ckpt is None and cfg.TRAIN.NET_G:
         net_g = Path(cfg.TRAIN.NET_G)
@@ -330,6 +342,33 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             break
     progress.close()
     return run.out
+
+
+def load_grown_generator(netG: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load a generator with the same or fewer stages into `netG`; returns the modules the source lacked.
+
+    Growing is how the default model trains on a CPU: the 64 px stage alone first (a step costs ~1/14 of a
+    three-stage step per image), then the 128/256 px stages added on top of it. The stages the source lacks keep
+    their fresh initialisation; everything the source has must fit exactly.
+    """
+    own = netG.state_dict()
+    foreign = [k for k in state if k not in own]
+    if foreign:
+        raise AttnGANError(f"{source} does not fit the config: it has {foreign[0]}, which this generator lacks "
+                           "(more stages, or DCGAN vs attention stages)")
+    wrong = [k for k in state if own[k].shape != state[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise AttnGANError(f"{source} does not fit the config: {k} is {tuple(state[k].shape)}, the config makes "
+                           f"{tuple(own[k].shape)} (GF_DIM, Z_DIM, CONDITION_DIM or the vocabulary differ)")
+    grown = sorted({k.split(".")[0] for k in own if k not in state})
+    if any(not (m.startswith(("h_net", "img_net")) and m[-1] in "23") for m in grown):
+        raise AttnGANError(f"{source} does not fit the config: it lacks {', '.join(grown)}; only the 128 and "
+                           "256 px stages can be added")
+    netG.load_state_dict(state, strict=False)
+    if grown:
+        log.info("growing the generator: %s start from scratch on top of %s", ", ".join(grown), source)
+    return grown
 
 
 def _report_unknown(data: Path, cfg: Config, vocab) -> None:

@@ -95,9 +95,11 @@ def idle_cores(cap: int | None = None, own_threads: int = 0) -> int:
 class CpuThreads:
     """Picks torch's intra-op thread count on CPU at the start and re-checks it every `every` seconds."""
 
-    def __init__(self, device: torch.device, local_world_size: int = 1, every: float = 120.0) -> None:
+    def __init__(self, device: torch.device, local_world_size: int = 1, every: float = 120.0,
+                 data_workers: int = 0) -> None:
         self.enabled = device.type == "cpu"
         self.every = every
+        self.data_workers = data_workers  # this run's DataLoader processes: their load is ours, not another's
         self.checked = time.time()
         env = os.environ.get("OMP_NUM_THREADS", "")
         self.cap = int(env) if env.isdigit() and int(env) > 0 else max(1, usable_cores() // max(1, local_world_size))
@@ -111,7 +113,7 @@ class CpuThreads:
             return
         self.checked = time.time()
         current = torch.get_num_threads()
-        wanted = idle_cores(self.cap, own_threads=current)
+        wanted = idle_cores(self.cap, own_threads=current + self.data_workers)
         if wanted != current:
             torch.set_num_threads(wanted)
             log.info("CPU threads %d -> %d (load average %.1f)", current, wanted, os.getloadavg()[0])
@@ -192,7 +194,7 @@ def open_run(cfg: Config, output_dir: str | None, kind: str) -> Run:
 
         writer = SummaryWriter(log_dir=str(out / "logs"))
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
-    threads = CpuThreads(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    threads = CpuThreads(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), data_workers=cfg.WORKERS)
     run = Run(cfg=cfg, info=info, device=device, out=out, amp=amp_dtype(cfg, device), writer=writer,
               threads=threads)
     log.info("%s training: device %s, world size %d, precision %s, %s, output %s", kind, device,

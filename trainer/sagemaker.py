@@ -7,6 +7,8 @@ Reads the SageMaker contract (root /opt/ml, overridable with SM_ROOT for tests):
 Runs DAMSM, then the GAN, then exports the bundle. On error writes one line to output/failure, exits 1.
 
 Hyperparameters: config (synth | default | bird | coco; default synth), damsm_config / gan_config (YAML paths),
+gan_grow_config (a GAN config with fewer stages trained first, its generator growing into gan_config's; the
+default preset's is default/gan_64.yml, "" turns it off; gan_set and max_steps apply to both GAN runs),
 damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
 gan_set (KEY=VALUE overrides separated by spaces or commas), nproc_per_node (default: GPUs, or 1),
 image_backbone ("train": pretrain the small image encoder's trunk first, kept in the checkpoint folder; a path:
@@ -29,13 +31,13 @@ from attngan.errors import AttnGANError
 
 log = logging.getLogger("trainer")
 CFG_DIR = Path(__file__).resolve().parent / "cfg"
-PRESETS = {
-    "synth": ("synth/damsm.yml", "synth/gan.yml"),
-    "default": ("default/damsm.yml", "default/gan.yml"),  # the bundled default model's recipe
-    "bird": ("DAMSM/bird.yml", "bird_attn2.yml"),
-    "coco": ("DAMSM/coco.yml", "coco_attn2.yml"),
+PRESETS = {  # DAMSM config, GAN config, and the GAN config of a 64 px stage trained first ("" for none)
+    "synth": ("synth/damsm.yml", "synth/gan.yml", ""),
+    "default": ("default/damsm.yml", "default/gan.yml", "default/gan_64.yml"),  # the bundled default model's recipe
+    "bird": ("DAMSM/bird.yml", "bird_attn2.yml", ""),
+    "coco": ("DAMSM/coco.yml", "coco_attn2.yml", ""),
 }
-KNOWN = {"config", "damsm_config", "gan_config", "damsm_epochs", "gan_epochs", "max_steps", "set", "damsm_set",
+KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "damsm_epochs", "gan_epochs", "max_steps", "set", "damsm_set",
          "gan_set", "nproc_per_node", "master_port", "image_backbone", "backbone_renders", "backbone_epochs"}
 
 
@@ -50,6 +52,7 @@ class Job:
     current_host: str
     damsm_cfg: Path
     gan_cfg: Path
+    grow_cfg: Path | None = None  # a fewer-stage GAN trained first; gan_cfg's run starts from its generator
     damsm_set: list[str] = field(default_factory=list)
     gan_set: list[str] = field(default_factory=list)
     run_damsm: bool = True
@@ -102,7 +105,7 @@ def read_job(env: dict[str, str] | None = None) -> Job:
     preset = hp.get("config", "synth")
     if preset not in PRESETS:
         raise AttnGANError(f"hyperparameter config={preset!r}: choose one of {sorted(PRESETS)}")
-    damsm_default, gan_default = PRESETS[preset]
+    damsm_default, gan_default, grow_default = PRESETS[preset]
 
     def integer(name: str, default: int | None) -> int | None:
         if name not in hp:
@@ -143,6 +146,7 @@ def read_job(env: dict[str, str] | None = None) -> Job:
         hosts=hosts, current_host=current,
         damsm_cfg=_cfg_path(hp.get("damsm_config", damsm_default)),
         gan_cfg=_cfg_path(hp.get("gan_config", gan_default)),
+        grow_cfg=_cfg_path(grow) if (grow := hp.get("gan_grow_config", grow_default)) else None,
         damsm_set=damsm_set, gan_set=gan_set, run_damsm=damsm_epochs != 0,
         nproc=integer("nproc_per_node", max(gpus, 1)) or 1,
         master_port=integer("master_port", 29500) or 29500,
@@ -152,8 +156,11 @@ def read_job(env: dict[str, str] | None = None) -> Job:
     )
 
 
-def _train_cmd(job: Job, stage: str, cfg: Path, overrides: list[str], out: Path) -> list[str]:
+def _train_cmd(job: Job, stage: str, cfg: Path, overrides: list[str], out: Path,
+               init_from: Path | None = None) -> list[str]:
     args = ["train", stage, "--cfg", str(cfg), "--data-dir", str(job.data_dir), "--output-dir", str(out)]
+    if init_from is not None:
+        args += ["--init-from", str(init_from)]
     for o in overrides:
         args += ["--set", o]
     if job.world_size == 1:
@@ -217,7 +224,14 @@ def run_job(job: Job) -> Path | None:
         _run(_train_cmd(job, "damsm", job.damsm_cfg, damsm_set, damsm_out), "DAMSM")
         text_path, image_path = latest_encoders(damsm_out)
         gan_set += [f"TRAIN.NET_E={text_path}", f"TRAIN.NET_IMAGE_E={image_path}"]
-    _run(_train_cmd(job, "gan", job.gan_cfg, gan_set, gan_out), "GAN")
+    grown_from = None
+    if job.grow_cfg is not None:  # e.g. the 64 px stage alone first; a restarted job resumes whichever ran last
+        from trainer.gan import latest_generator
+
+        grow_out = job.checkpoint_dir / "gan_grow"
+        _run(_train_cmd(job, "gan", job.grow_cfg, gan_set, grow_out), "GAN (fewer stages first)")
+        grown_from, _ = latest_generator(grow_out)
+    _run(_train_cmd(job, "gan", job.gan_cfg, gan_set, gan_out, grown_from), "GAN")
     if not job.is_leader:
         return None
     from trainer.cli import export_run

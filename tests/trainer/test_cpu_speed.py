@@ -27,6 +27,21 @@ def test_threads_use_only_idle_cores(two_cores, monkeypatch):
     assert runtime.idle_cores(own_threads=2) == 2
 
 
+def test_own_data_workers_do_not_count_as_other_load(two_cores, monkeypatch):
+    """A run that started on 1 thread (the machine was busy) with one data worker: once the others are gone the
+    load is its own thread + its worker, and the re-check goes back to both cores."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    threads = runtime.CpuThreads(torch.device("cpu"), every=0.0, data_workers=1)
+    threads.maybe_update()
+    assert chosen[-1] == 2
+    without = runtime.CpuThreads(torch.device("cpu"), every=0.0)
+    without.maybe_update()
+    assert chosen[-1] == 1  # the worker's load taken for another process's: stuck on one core
+
+
 def test_omp_num_threads_caps_the_choice(two_cores, monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

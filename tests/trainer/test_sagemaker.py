@@ -25,10 +25,12 @@ def _opt_ml(root: Path, birds: Path, hyperparameters: dict[str, str]) -> dict[st
 def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     from attngan.bundle import load_bundle
 
-    # the default model's recipe (config=default): image backbone, DAMSM over it, GAN; shrunk to seconds
-    common = "TREE.BRANCH_NUM=1 TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
+    # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone, then
+    # the three-stage GAN grown from it; shrunk to seconds
+    common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
     hp = {"config": "default", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
+          "damsm_set": "TREE.BRANCH_NUM=1",
           "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16",
           "backbone_renders": "64", "backbone_epochs": "1"}
     env = _opt_ml(tmp_path, birds, hp)
@@ -37,6 +39,8 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     bundle = load_bundle(tmp_path / "model")
     assert bundle.config.gf_dim == 8 and bundle.manifest["training"]["steps"] == 3
+    assert bundle.config.branch_num == 3 and (tmp_path / "checkpoints" / "gan_grow" / "checkpoint.pt").is_file()
+    assert "growing the generator: h_net2, h_net3, img_net2, img_net3" in res.stderr
     assert bundle.config.image_encoder == "small" and bundle.config.image_encoder_size == 64
     backbone = tmp_path / "checkpoints" / "image_backbone.safetensors"
     assert backbone.is_file()  # trained once, found in place by a restarted job

@@ -266,3 +266,45 @@ def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm
     c = torch.load(boundary / "checkpoint.pt", weights_only=True)
     for name in a["ema"]:
         assert torch.equal(a["ema"][name], c["ema"][name]), name
+
+
+def test_a_64px_run_grows_into_more_stages(birds, damsm_run, tmp_path):
+    """Progressive training: a one-stage run's generator and D0 start a two-stage run; the 128 px stage starts
+    fresh. The other direction, and a different width, are one-line errors."""
+    from trainer.damsm import latest_encoders
+
+    text, _ = latest_encoders(damsm_run)
+    args = ["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), *sets(TINY_GAN),
+            *sets([f"TRAIN.NET_E={text}", "TRAIN.SNAPSHOT_INTERVAL=1"])]
+    small = _cli([*args, "--set", "TRAIN.MAX_STEPS=4", "--output-dir", str(tmp_path / "s64")])
+    assert small.returncode == 0, small.stderr[-2000:]
+    source = max((tmp_path / "s64" / "Model").glob("netG_epoch_*.pth"))
+    grown = _cli([*args, "--set", "TREE.BRANCH_NUM=2", "--set", "TRAIN.MAX_STEPS=2",
+                  "--output-dir", str(tmp_path / "s128"), "--init-from", str(source)])
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    assert "growing the generator: h_net2, img_net2 start from scratch" in grown.stderr
+    assert "discriminator 0 from" in grown.stderr
+    ckpt = torch.load(tmp_path / "s128" / "checkpoint.pt", weights_only=True)
+    assert len(ckpt["netsD"]) == 2 and "h_net2.att.conv_context.weight" in ckpt["netG"]
+
+    shrink = _cli([*args, "--set", "TRAIN.MAX_STEPS=2", "--output-dir", str(tmp_path / "bad"),
+                   "--init-from", str(max((tmp_path / "s128" / "Model").glob("netG_epoch_*.pth")))])
+    assert shrink.returncode != 0
+    assert "does not fit the config: it has h_net2" in shrink.stderr.strip().splitlines()[-1]
+    wider = _cli([*args, "--set", "GAN.GF_DIM=16", "--set", "TRAIN.MAX_STEPS=2", "--output-dir", str(tmp_path / "w"),
+                  "--init-from", str(source)])
+    assert wider.returncode != 0 and "GF_DIM" in wider.stderr.strip().splitlines()[-1]
+
+
+def test_growing_keeps_the_source_weights_and_initialises_the_new_stage():
+    from attngan.model import Generator, ModelConfig
+    from trainer.gan import load_grown_generator
+
+    small = Generator(ModelConfig(n_words=20, gf_dim=4, embedding_dim=16, condition_dim=8, z_dim=8, branch_num=1))
+    big = Generator(ModelConfig(n_words=20, gf_dim=4, embedding_dim=16, condition_dim=8, z_dim=8, branch_num=3))
+    fresh = {k: v.clone() for k, v in big.state_dict().items()}
+    assert load_grown_generator(big, small.state_dict(), "s") == ["h_net2", "h_net3", "img_net2", "img_net3"]
+    for k, v in big.state_dict().items():
+        assert torch.equal(v, small.state_dict()[k] if k in small.state_dict() else fresh[k]), k
+    with pytest.raises(AttnGANError, match="it lacks ca_net"):
+        load_grown_generator(big, {k: v for k, v in small.state_dict().items() if not k.startswith("ca_net")}, "s")

@@ -4,6 +4,7 @@ Each row: the caption, the 64/128/256 px images, then the per-word attention map
 challenge picture shows both maps: map1 = 64->128 stage, map2 = 128->256 stage). Same seed, same picture.
 
     .venv/bin/python models/make_pictures.py [--bundle models/default] [--docs docs]
+    .venv/bin/python models/make_pictures.py --bundle DIR --grid docs/first_hour_samples.png --title "..."
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ def _stack(rows: list[Image.Image], title: str) -> Image.Image:
     return sheet
 
 
+def sample_grid(t2i, captions: list[str], seeds: int, first_seed: int, title: str) -> Image.Image:
+    """A caption per row, `seeds` birds per caption (256 px images shown at 128 px): many birds at a glance."""
+    results = t2i.generate([t2i.prepare(c) for c in captions for _ in range(seeds)],
+                           [first_seed + k for _ in captions for k in range(seeds)])
+    rows = []
+    for i, caption in enumerate(captions):
+        body = Image.new("RGB", (seeds * (TILE + 4) - 4, TILE), "white")
+        for k in range(seeds):
+            body.paste(results[i * seeds + k].images[-1].resize((TILE, TILE), Image.BILINEAR), (k * (TILE + 4), 0))
+        row = Image.new("RGB", (body.width, TILE + 22), "white")
+        row.paste(_caption_band(f'"{caption}"', body.width), (0, 0))
+        row.paste(body, (0, 22))
+        rows.append(row)
+    return _stack(rows, title)
+
+
 def shrink_png(path: Path) -> None:
     """Re-save as a 256-colour palette PNG: these pictures are flat colours, so this is ~4x smaller and looks the same."""
     image = Image.open(path).convert("RGB")
@@ -82,8 +99,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--shrink", nargs="*", default=[], metavar="PNG",
                         help="also re-save these PNGs (e.g. the evaluation's samples.png) as palette PNGs")
+    parser.add_argument("--grid", metavar="PNG", help="instead: only a grid of the sample captions x 4 seeds")
+    parser.add_argument("--title", default="", help="the grid's title (default: the bundle's version)")
     args = parser.parse_args()
     t2i = TextToImage.from_bundle(args.bundle, precision="fp32")
+    if args.grid:
+        title = args.title or f"model {t2i.version}: 256 px images, seeds {args.seed}-{args.seed + 3}"
+        sample_grid(t2i, [*SAMPLE_CAPTIONS, CHALLENGE_CAPTION], 4, args.seed, title).save(args.grid)
+        shrink_png(Path(args.grid))
+        print(f"wrote {args.grid}")
+        return
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     last = t2i.config.branch_num - 2  # index of the last attention map (the stage that draws the largest image)

@@ -2,7 +2,8 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core Xeon shared with other work: about 60 minutes of training in all (models/README.md).
+# Measured on a 2-core Xeon: about two hours of training in all, the first hour ending with the 64 px GAN stage
+# (models/README.md has each step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,9 +33,14 @@ fi
 "${ATTNGAN[@]}" train damsm --cfg trainer/cfg/default/damsm.yml --data-dir "$DATA" \
     --output-dir "$RUNS/default_DAMSM" --set "TRAIN.IMAGE_BACKBONE=$BACKBONE"
 
-# 3. AttnGAN, 3 stages (resumes from output/default_AttnGAN/checkpoint.pt)
+# 3. AttnGAN, grown: (a) the 64 px stage alone (cheap steps, where shape and colour form), then (b) all three
+#    stages, started from (a)'s last generator and its 64 px discriminator. Each resumes from its checkpoint.pt.
+NET_E="TRAIN.NET_E=$RUNS/default_DAMSM/Model/text_encoder$DAMSM_EPOCHS.pth"
+"${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_64.yml --data-dir "$DATA" \
+    --output-dir "$RUNS/default_AttnGAN64" --set "$NET_E"
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan.yml --data-dir "$DATA" \
-    --output-dir "$RUNS/default_AttnGAN" --set "TRAIN.NET_E=$RUNS/default_DAMSM/Model/text_encoder$DAMSM_EPOCHS.pth"
+    --output-dir "$RUNS/default_AttnGAN" --set "$NET_E" \
+    --init-from "$(ls -v "$RUNS"/default_AttnGAN64/Model/netG_epoch_*.pth | tail -1)"
 
 # 4. bundle (EMA generator, fp16 weights); redone only when the run's checkpoint is newer than the bundle
 if [ ! "$BUNDLE/manifest.json" -nt "$RUNS/default_AttnGAN/checkpoint.pt" ]; then
@@ -47,6 +53,10 @@ if [ ! "$BUNDLE/eval/metrics.json" -nt "$BUNDLE/manifest.json" ]; then
         --logs "$RUNS/default_AttnGAN"
 fi
 
-# 6. README pictures: docs/default_samples.png and docs/challenge_caption.png
+# 6. README pictures: docs/default_samples.png and docs/challenge_caption.png, and the first hour's birds (the
+#    64 px stage's last generator, exported on its own) in docs/first_hour_samples.png
 "$PY" models/make_pictures.py --bundle "$BUNDLE" --docs docs --shrink "$BUNDLE/eval/samples.png"
+"${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN64" --out "$RUNS/default_64px_bundle" --half
+"$PY" models/make_pictures.py --bundle "$RUNS/default_64px_bundle" --grid docs/first_hour_samples.png \
+    --title "the first hour: the 64 px GAN stage (64 px images shown at 128 px), seeds 100-103"
 

@@ -1,7 +1,7 @@
 """The web page in headless Chromium against the real gunicorn.
 
 Set WEB_SCREENSHOT=docs/web.png to write the screenshot of the page with a drawn bird (the committed one was
-made this way; regenerate it with the default model: `BUNDLE_DIR=models/default`).
+made this way; regenerate it with the default model: `WEB_BUNDLE=models/default`).
 """
 
 from __future__ import annotations

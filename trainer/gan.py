@@ -168,8 +168,10 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     elif init_g is not None:
         grown = load_grown_generator(netG, init_g, str(init_from))
         # the discriminators of the stages the source had: the original's netD{i}.pth beside netG, where they are
-        same_d = netsD if not grown else [] if mc.dcgan else netsD[: mc.branch_num - len({m[-1] for m in grown})]
-        for i, d in enumerate(same_d):
+        source_stages = mc.branch_num - len({module[-1] for module in grown})  # grown: h_net2, img_net2, ...
+        if grown and mc.dcgan:
+            source_stages = 0  # the DCGAN variant has one D at the largest size, which a grown model did not have
+        for i, d in enumerate(netsD[:source_stages]):
             d_path = Path(init_from).parent / f"netD{i}.pth"
             if d_path.is_file():
                 try:

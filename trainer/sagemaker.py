@@ -37,8 +37,9 @@ PRESETS = {  # DAMSM config, GAN config, and the GAN config of a 64 px stage tra
     "bird": ("DAMSM/bird.yml", "bird_attn2.yml", ""),
     "coco": ("DAMSM/coco.yml", "coco_attn2.yml", ""),
 }
-KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "damsm_epochs", "gan_epochs", "max_steps", "set", "damsm_set",
-         "gan_set", "nproc_per_node", "master_port", "image_backbone", "backbone_renders", "backbone_epochs"}
+KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "damsm_epochs", "gan_epochs", "max_steps",
+         "set", "damsm_set", "gan_set", "nproc_per_node", "master_port", "image_backbone", "backbone_renders",
+         "backbone_epochs"}
 
 
 @dataclass

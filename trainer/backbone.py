@@ -60,7 +60,6 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
 
     from trainer.data.synth import ATTRIBUTE_VALUES
     from trainer.evaluate import faithfulness as fz
-    from trainer.runtime import CpuThreads
 
     if renders < batch_size:
         raise AttnGANError(f"--renders must be at least the batch size ({batch_size}), got {renders}")
@@ -69,7 +68,6 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     if size < 64 or size % 16:
         raise AttnGANError(f"--size must be a multiple of 16 from 64, got {size}")
     out = Path(out)
-    CpuThreads(torch.device("cpu"))  # thread count from the idle cores
     parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items()}
     t0 = time.perf_counter()
     images, records = fz.render_set(renders, seed, size=size, progress=progress, desc="backbone: renders")

@@ -57,3 +57,17 @@ def test_auto_precision_is_bf16_on_cpu_only_with_native_bf16(monkeypatch):
     assert runtime.amp_dtype(cfg, cpu) == torch.bfloat16
     off = load_config(None, ["TRAIN.AMP=fp32"])
     assert runtime.amp_dtype(off, cpu) is None
+
+
+def test_attribute_fits_recheck_threads_while_training(monkeypatch):
+    """The backbone and the evaluation judge are long fits too: one started while the machine was busy (1 thread)
+    must take the second core back once it is free, so the thread count is re-checked at every step."""
+    from trainer.evaluate import faithfulness as fz
+
+    checks = []
+    monkeypatch.setattr(runtime.CpuThreads, "maybe_update", lambda self: checks.append(self.every))
+    model = fz.AttributeClassifier({"crown": ["black", "yellow"]}, width=4)
+    images = torch.rand(16, 3, fz.INPUT_SIZE, fz.INPUT_SIZE) * 2 - 1
+    labels = torch.randint(0, 2, (16, 1))
+    fz.fit_attributes(model, images, labels, epochs=1, batch_size=8, progress=False)
+    assert len(checks) == 2  # one re-check per step

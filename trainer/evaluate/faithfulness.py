@@ -220,9 +220,13 @@ def fit_attributes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    desc: str = "training") -> nn.Module:
     """Fit a model whose forward gives {part: logits} (`model.parts` names the parts in label order) on
     N x 3 x S x S images in [-1, 1] with N x P labels (IGNORE = unknown): AdamW with a one-cycle learning rate,
-    bf16 autocast where fast, `augment` on every batch. Returns the model in eval mode."""
+    bf16 autocast where fast, `augment` on every batch; on CPU the thread count follows the idle cores (checked
+    every 30 s, as a training run does). Returns the model in eval mode."""
     from tqdm import tqdm
 
+    from trainer.runtime import CpuThreads
+
+    threads = CpuThreads(torch.device(device), every=30.0)
     model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
     n = len(images)
@@ -250,6 +254,7 @@ def fit_attributes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 sched.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            threads.maybe_update()
     bar.close()
     model.eval()
     return model

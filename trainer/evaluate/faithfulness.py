@@ -403,8 +403,26 @@ def score(pred: torch.Tensor, labels: torch.Tensor, parts: dict[str, list[str]],
         res["per_image_all_correct"] = float(ok.all(1).float().mean())
     else:
         res["per_image_all_correct"] = float("nan")
+    res["swapped"] = swapped_share(pred, labels, parts, keep)
     res["not_judged"] = [p for p in parts if p not in keep]
     return res
+
+
+def swapped_share(pred: torch.Tensor, labels: torch.Tensor, parts: dict[str, list[str]],
+                  keep: Iterable[str]) -> float:
+    """Share of the judged named attributes whose part got a value the same caption names for ANOTHER part (a red
+    crown and a yellow breast asked, a yellow crown drawn): colours drawn but not bound to their parts."""
+    names = list(parts)
+    judged = swapped = 0
+    for row_pred, row in zip(pred.tolist(), labels.tolist()):
+        named = {names[j]: parts[names[j]][v] for j, v in enumerate(row) if v != IGNORE}
+        for j, part in enumerate(names):
+            if part not in keep or part not in named:
+                continue
+            judged += 1
+            guess = parts[part][row_pred[j]]
+            swapped += guess != named[part] and guess in {v for q, v in named.items() if q != part}
+    return swapped / judged if judged else float("nan")
 
 
 def judge(model: AttributeClassifier, images: torch.Tensor, named: list[dict[str, str]],

@@ -177,7 +177,9 @@ def render_markdown(m: dict[str, Any]) -> str:
               f"bird on the attributes its caption names. Its own accuracy on {j['n_held_out']} real held-out "
               f"renders is **{_pct(j['held_out']['accuracy'])}**; generated birds: **{_pct(g['accuracy'])}** of "
               f"{g['n']} named attributes correct; {_pct(g['per_image_all_correct'])} of birds have every named "
-              f"attribute right."), "",
+              f"attribute right."
+              + (f" {_pct(g['swapped'])} of the named attributes got a colour the same caption names for another "
+                 "part (colours drawn, but not bound to their parts)." if "swapped" in g else "")), "",
               "| attribute | generated (named in caption) | judge on real renders |", "|---|---|---|"]
         for part in j["held_out"]["per_part"]:
             gen = g["per_part"].get(part)

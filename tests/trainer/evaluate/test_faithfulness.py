@@ -54,6 +54,18 @@ def test_judgeable_parts_and_score_leave_out_unreadable_parts():
     assert "eye" not in res["per_part"]
     full = fa.score(pred, labels, parts)
     assert full["accuracy"] == pytest.approx(3 / 4) and full["per_image_all_correct"] == 0.5
+    assert full["swapped"] == 0.0  # the wrong eye is black, a colour this caption does not name
+
+
+def test_score_counts_colours_drawn_on_the_wrong_part():
+    """A red crown and a black eye asked; a black crown and a red eye drawn: both are swaps, not random errors."""
+    parts = {"crown": ["red", "blue", "black"], "eye": ["black", "red", "white"]}
+    labels = fa.encode_labels([{"crown": "red", "eye": "black"}, {"crown": "blue", "eye": "black"},
+                               {"crown": "red"}], parts)
+    pred = torch.tensor([[2, 1], [1, 2], [1, 1]])  # swapped twice; right, wrong (white) ; wrong (blue, unnamed)
+    res = fa.score(pred, labels, parts)
+    assert res["accuracy"] == pytest.approx(1 / 5) and res["swapped"] == pytest.approx(2 / 5)
+    assert fa.score(pred, labels, parts, judgeable=["crown"])["swapped"] == pytest.approx(1 / 3)
 
 
 def test_stale_cache_is_retrained_and_meta_round_trips(tmp_path):

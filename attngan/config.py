@@ -58,7 +58,10 @@ class TrainConfig:
     NET_IMAGE_E: str = ""  # image encoder checkpoint for the GAN's DAMSM loss (default: beside NET_E)
     INCEPTION_WEIGHTS: str = ""  # local torchvision-format Inception-v3 ImageNet weights for DAMSM
     IMAGE_BACKBONE: str = ""  # IMAGE_ENCODER small: pretrained trunk (`attngan train backbone`), frozen in DAMSM
+    IMAGE_CODE: str = "learnt"  # small encoder + IMAGE_BACKBONE: 'parts' fixes the global projection to the
+    # backbone's part read-out (trainer.backbone.part_code_projection) instead of learning it
     EMA_DECAY: float = 0.999  # generator parameter EMA (the original's 0.999)
+    FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss
     VALID_BATCHES: int = 50  # DAMSM validation batches per epoch (the original: 50)

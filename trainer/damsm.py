@@ -56,10 +56,15 @@ def damsm_lr(base: float, epoch: int) -> float:
 
 def build_image_encoder(cfg: Config, pretrained: bool = False):
     """The config's DAMSM image encoder; `pretrained`: with its ImageNet Inception weights or, for the small
-    encoder, its TRAIN.IMAGE_BACKBONE trunk (frozen, as the paper's Inception is)."""
+    encoder, its TRAIN.IMAGE_BACKBONE trunk (frozen, as the paper's Inception is) and, with TRAIN.IMAGE_CODE parts,
+    its global projection fixed to the backbone's part read-out."""
     from attngan.model import ImageEncoder, ModelConfig
 
     ModelConfig.from_config(cfg, 1)  # validates IMAGE_ENCODER and IMAGE_ENCODER_SIZE
+    if cfg.TRAIN.IMAGE_CODE not in ("learnt", "parts"):
+        raise AttnGANError(f"TRAIN.IMAGE_CODE must be 'learnt' or 'parts', got {cfg.TRAIN.IMAGE_CODE!r}")
+    if cfg.TRAIN.IMAGE_CODE == "parts" and not (cfg.IMAGE_ENCODER == "small" and cfg.TRAIN.IMAGE_BACKBONE):
+        raise AttnGANError("TRAIN.IMAGE_CODE parts needs IMAGE_ENCODER small and a TRAIN.IMAGE_BACKBONE with part heads")
     weights = (cfg.TRAIN.INCEPTION_WEIGHTS or None) if pretrained else None
     image = ImageEncoder(nef=cfg.TEXT.EMBEDDING_DIM, kind=cfg.IMAGE_ENCODER, inception_weights=weights,
                          input_size=cfg.IMAGE_ENCODER_SIZE)
@@ -70,6 +75,14 @@ def build_image_encoder(cfg: Config, pretrained: bool = False):
             raise AttnGANError("TRAIN.IMAGE_BACKBONE is for IMAGE_ENCODER small (Inception takes TRAIN.INCEPTION_WEIGHTS)")
         load_backbone(image, cfg.TRAIN.IMAGE_BACKBONE)
         image.freeze_trunk()
+        if cfg.TRAIN.IMAGE_CODE == "parts":
+            from trainer.backbone import part_code_projection
+
+            weight, bias = part_code_projection(cfg.TRAIN.IMAGE_BACKBONE, cfg.TEXT.EMBEDDING_DIM, cfg.TRAIN.SEED)
+            with torch.no_grad():
+                image.emb_cnn_code.weight.copy_(weight)
+                image.emb_cnn_code.bias.copy_(bias)
+            image.emb_cnn_code.requires_grad_(False)
     return image
 
 

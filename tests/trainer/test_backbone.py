@@ -35,7 +35,8 @@ def test_backbone_learns_the_parts_of_unseen_renders(backbone):
     path, meta = backbone
     state, saved = read_backbone(path)
     assert saved == meta and meta["size"] == 64 and meta["renders"] == 768
-    assert set(state) and all(k.startswith(("trunk.", "trunk_global.")) for k in state)
+    assert set(state) and all(k.startswith(("trunk.", "trunk_global.", "heads.")) for k in state)
+    assert {f"heads.{p}.weight" for p in ATTRIBUTE_VALUES} <= set(state) and meta["parts"]["crown"][0] == "black"
     # the same held-out renders read by a random trunk with the same heads trained: the pretrained one is far better
     parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items()}
     assert meta["held_out_accuracy"] > 0.3, meta
@@ -59,11 +60,48 @@ def test_damsm_keeps_the_backbone_frozen_and_snapshots_it(birds, backbone, tmp_p
                                                f"TRAIN.IMAGE_BACKBONE={path}"])
     run = train_damsm(cfg, str(birds), str(tmp_path / "damsm"))
     image = torch.load(max((run / "Model").glob("image_encoder*.pth")), weights_only=True)
-    trunk = load_file(str(path))
+    trunk = {k: v for k, v in load_file(str(path)).items() if not k.startswith("heads.")}
     for k, v in trunk.items():  # weights and BatchNorm statistics untouched by DAMSM
         assert torch.equal(image[k], v), k
     fresh = ImageEncoder(32, kind="small").state_dict()
     assert not torch.allclose(image["emb_cnn_code.weight"].float(), fresh["emb_cnn_code.weight"].float())
+
+
+def test_part_code_carries_every_part_and_stays_fixed_in_damsm(birds, backbone, tmp_path):
+    """TRAIN.IMAGE_CODE parts: the global code is a rotation of the backbone's part read-out, so each part's value
+    can be read back from it by one fixed linear map; DAMSM trains the text side to it and leaves it unchanged."""
+    from trainer.backbone import part_code_projection, read_backbone
+    from trainer.damsm import build_image_encoder, train_damsm
+    from trainer.evaluate import faithfulness as fz
+
+    path, _ = backbone
+    state, meta = read_backbone(path)
+    weight, bias = part_code_projection(path, 32, seed=3)
+    assert weight.shape == (32, 512) and bias.shape == (32,)
+    cfg = load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.MAX_STEPS=4", "IMAGE_ENCODER_SIZE=64", "TRAIN.SEED=3",
+                                               f"TRAIN.IMAGE_BACKBONE={path}", "TRAIN.IMAGE_CODE=parts"])
+    encoder = build_image_encoder(cfg, pretrained=True).eval()
+    assert torch.equal(encoder.emb_cnn_code.weight, weight) and not encoder.emb_cnn_code.weight.requires_grad
+    images, _ = fz.render_set(64, 8, size=64)
+    with torch.no_grad():
+        features = encoder.features(images)[1]
+    # with as many dimensions as the heads have outputs the rotation is lossless: rotating the code back gives
+    # every part's value exactly as the backbone's own heads read it
+    full_weight, full_bias = part_code_projection(path, 132, seed=3)
+    rotation = torch.linalg.qr(torch.randn(132, 132, generator=torch.Generator().manual_seed(3)))[0]
+    readout = (features @ full_weight.T + full_bias) @ rotation
+    start = 0
+    for part, values in meta["parts"].items():
+        logits = features @ state[f"heads.{part}.weight"].T + state[f"heads.{part}.bias"]
+        assert torch.equal(readout[:, start:start + len(values)].argmax(1), logits.argmax(1)), part
+        start += len(values)
+    run = train_damsm(cfg, str(birds), str(tmp_path / "damsm"))
+    saved = torch.load(max((run / "Model").glob("image_encoder*.pth")), weights_only=True)
+    assert torch.equal(saved["emb_cnn_code.weight"], weight) and torch.equal(saved["emb_cnn_code.bias"], bias)
+    with pytest.raises(AttnGANError, match="IMAGE_CODE"):
+        build_image_encoder(load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.IMAGE_CODE=parts"]), pretrained=True)
+    with pytest.raises(AttnGANError, match="'learnt' or 'parts'"):
+        build_image_encoder(load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.IMAGE_CODE=pca"]), pretrained=True)
 
 
 def test_input_size_resizes_like_inception_and_travels_in_bundles(tmp_path):

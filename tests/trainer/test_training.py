@@ -287,6 +287,22 @@ def test_a_64px_run_grows_into_more_stages(birds, damsm_run, tmp_path):
     ckpt = torch.load(tmp_path / "s128" / "checkpoint.pt", weights_only=True)
     assert len(ckpt["netsD"]) == 2 and "h_net2.att.conv_context.weight" in ckpt["netG"]
 
+    # TRAIN.FROZEN_STAGES=1: the 64 px stage stays exactly as loaded (weights and BatchNorm statistics), the new
+    # stage trains; freezing a generator that was never trained is a one-line error
+    kept = _cli([*args, "--set", "TREE.BRANCH_NUM=2", "--set", "TRAIN.MAX_STEPS=2", "--set", "TRAIN.FROZEN_STAGES=1",
+                 "--output-dir", str(tmp_path / "frozen"), "--init-from", str(source)])
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert "frozen generator stages: ca_net, h_net1, img_net1" in kept.stderr
+    loaded = torch.load(source, weights_only=True)
+    after = torch.load(tmp_path / "frozen" / "checkpoint.pt", weights_only=True)
+    for k, v in loaded.items():
+        assert torch.equal(after["netG"][k], v) and torch.equal(after["ema"].get(k, v), v), k
+    trained = [k for k in after["ema"] if k.startswith(("h_net2.", "img_net2."))]
+    assert len(after["optG"]["state"]) == len(trained) > 0  # Adam holds the new stage's parameters only
+    cold = _cli([*args, "--set", "TREE.BRANCH_NUM=2", "--set", "TRAIN.MAX_STEPS=2", "--set", "TRAIN.FROZEN_STAGES=1",
+                 "--output-dir", str(tmp_path / "cold")])
+    assert cold.returncode != 0 and "start from a trained generator" in cold.stderr.strip().splitlines()[-1]
+
     shrink = _cli([*args, "--set", "TRAIN.MAX_STEPS=2", "--output-dir", str(tmp_path / "bad"),
                    "--init-from", str(max((tmp_path / "s128" / "Model").glob("netG_epoch_*.pth")))])
     assert shrink.returncode != 0

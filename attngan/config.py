@@ -60,6 +60,9 @@ class TrainConfig:
     IMAGE_BACKBONE: str = ""  # IMAGE_ENCODER small: pretrained trunk (`attngan train backbone`), frozen in DAMSM
     IMAGE_CODE: str = "learnt"  # small encoder + IMAGE_BACKBONE: 'parts' fixes the global projection to the
     # backbone's part read-out (trainer.backbone.part_code_projection) instead of learning it
+    TEXT_RENDERS: int = 0  # DAMSM, IMAGE_CODE parts, synthetic birds: after the data epochs, train the text encoder
+    TEXT_RENDER_STEPS: int = 0  # this many steps against the fixed part code of TEXT_RENDERS fresh renders whose
+    # parts are drawn independently (trainer.damsm.train_text_on_renders); 0: off
     EMA_DECAY: float = 0.999  # generator parameter EMA (the original's 0.999)
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)

@@ -62,6 +62,9 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     if mode in ("off", "fp32"):
         return None
     if mode == "bf16":
+        if device.type == "cpu" and not cpu_has_fast_bf16():
+            log.warning("TRAIN.AMP bf16 on a CPU without AMX or AVX512-BF16: bf16 is emulated here and far slower "
+                        "than fp32; TRAIN.AMP auto picks the faster")
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16

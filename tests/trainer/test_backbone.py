@@ -104,6 +104,64 @@ def test_part_code_carries_every_part_and_stays_fixed_in_damsm(birds, backbone, 
         build_image_encoder(load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.IMAGE_CODE=pca"]), pretrained=True)
 
 
+def _render_retrieval(run, cfg, seed: int) -> float:
+    """Top-1 retrieval of 96 renders (seed `seed`) by the first of their 5 captions, among all 96 (chance: 1%),
+    with the run's final text encoder against the renders' fixed part codes."""
+    from attngan.model import TextEncoder
+    from attngan.text import Vocabulary
+    from trainer.damsm import build_image_encoder, latest_encoders, render_captions
+
+    vocab = Vocabulary.load_json(run / "vocab.json")
+    text = TextEncoder(len(vocab), nhidden=cfg.TEXT.EMBEDDING_DIM)
+    text.load_state_dict(torch.load(latest_encoders(run)[0], weights_only=True))
+    image = build_image_encoder(cfg, pretrained=True)
+    codes, captions, lengths = render_captions(96, seed, image, vocab, cfg, torch.device("cpu"), None)
+    with torch.no_grad():
+        _, sent = text.eval()(captions[:, 0], lengths[:, 0])
+    similarity = F.normalize(sent, dim=1) @ F.normalize(codes, dim=1).T
+    return (similarity.argmax(1) == torch.arange(96)).float().mean().item()
+
+
+def test_text_on_renders_trains_the_text_encoder_after_the_data_and_resumes(birds, backbone, tmp_path):
+    """TRAIN.TEXT_RENDERS / TEXT_RENDER_STEPS: after the data epochs, the text encoder learns to match captions
+    of independent-part renders to their fixed part codes (held-out gains need the real scale: models/README.md);
+    the final snapshot is rewritten; a finished run given the phase continues with it; an interrupted phase
+    resumes to the same weights as an uninterrupted one."""
+    from trainer.damsm import train_damsm
+
+    path, _ = backbone
+    base = TINY_DAMSM + ["TRAIN.MAX_STEPS=4", "TRAIN.BATCH_SIZE=32", "IMAGE_ENCODER_SIZE=64",
+                         f"TRAIN.IMAGE_BACKBONE={path}", "TRAIN.IMAGE_CODE=parts", "TRAIN.CHECKPOINT_INTERVAL=1000"]
+    cfg = load_config(DAMSM_CFG, base)
+    data_only = train_damsm(cfg, str(birds), str(tmp_path / "one"))
+    snapshots = sorted(p.name for p in (data_only / "Model").glob("text_encoder*.pth"))
+    before = _render_retrieval(data_only, cfg, seed=3)  # TRAIN.SEED: the render-caption pairs the phase trains on
+    assert before < 0.05
+    with_renders = load_config(DAMSM_CFG, base + ["TRAIN.TEXT_RENDERS=192", "TRAIN.TEXT_RENDER_STEPS=300"])
+    extended = train_damsm(with_renders, str(birds), str(tmp_path / "one"))
+    assert sorted(p.name for p in (extended / "Model").glob("text_encoder*.pth")) == snapshots  # rewritten
+    assert torch.load(extended / "checkpoint.pt", weights_only=True)["step"] == 304
+    assert _render_retrieval(extended, cfg, seed=3) > 0.10
+
+    # a twin run stopped after 150 of the 300 steps and resumed ends with the same weights
+    train_damsm(load_config(DAMSM_CFG, base + ["TRAIN.TEXT_RENDERS=192", "TRAIN.TEXT_RENDER_STEPS=150"]),
+                str(birds), str(tmp_path / "twin"))
+    train_damsm(with_renders, str(birds), str(tmp_path / "twin"))
+    from trainer.damsm import latest_encoders
+
+    one = torch.load(latest_encoders(extended)[0], weights_only=True)
+    two = torch.load(latest_encoders(tmp_path / "twin")[0], weights_only=True)
+    for k in one:
+        assert torch.equal(one[k], two[k]), k
+
+    for sets_, expected in [(["TRAIN.TEXT_RENDERS=192"], "go together"),
+                            (["TRAIN.TEXT_RENDERS=4", "TRAIN.TEXT_RENDER_STEPS=5"], "at least TRAIN.BATCH_SIZE"),
+                            (["TRAIN.IMAGE_CODE=learnt", "TRAIN.TEXT_RENDERS=192", "TRAIN.TEXT_RENDER_STEPS=5"],
+                             "IMAGE_CODE parts")]:
+        with pytest.raises(AttnGANError, match=expected):
+            train_damsm(load_config(DAMSM_CFG, base + sets_), str(birds), str(tmp_path / "bad"))
+
+
 def test_input_size_resizes_like_inception_and_travels_in_bundles(tmp_path):
     from attngan.bundle import load_bundle, write_bundle
 

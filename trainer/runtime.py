@@ -19,6 +19,7 @@ import torch
 
 from attngan.config import Config
 from attngan.errors import AttnGANError
+from attngan.pipeline import cpu_has_fast_bf16
 from trainer.checkpoint import CHECKPOINT_NAME, GracefulStop, load_weights
 from trainer.distributed import DistInfo, ResumableSampler, any_flag, init_distributed, shutdown
 
@@ -45,12 +46,6 @@ def select_device(cfg: Config, info: DistInfo) -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda", index)
     return torch.device("cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16 (native bf16 dot products); without them bf16 autocast is slower."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:

@@ -72,10 +72,13 @@ def test_bf16_images_are_close_to_fp32(lively_bundle, t2i):
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+    """bf16 only with native bf16 dot products (AMX or AVX512-BF16): plain AVX512 emulates it too."""
+    for amx, avx512_bf16, expected in [(False, False, torch.float32), (True, False, torch.bfloat16),
+                                       (False, True, torch.bfloat16)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+        assert resolve_precision("auto", torch.device("cpu")) == expected
     assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
     with pytest.raises(AttnGANError, match="precision"):
         resolve_precision("fp8", torch.device("cpu"))

@@ -392,7 +392,7 @@ def train_text_on_renders(run: Run, text, image, vocab, done: int, optimizer_sta
         if not math.isfinite(value):
             raise AttnGANError(f"text-on-renders loss is not finite at step {done}; lower TRAIN.ENCODER_LR")
         log_step(run, progress, progress.step + 1, {"s_loss": value}, "damsm/text_renders")  # the run's step
-        if checkpoint_or_stop(run, stop, done, lambda *_: save(optimizer, done), 0, 0):
+        if checkpoint_or_stop(run, stop, done, lambda *_, at=done: save(optimizer, at), 0, 0):
             return done, True
     save(optimizer, done)
     return done, False

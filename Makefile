@@ -29,7 +29,7 @@ serve: setup
 synth: setup
 	$(PY) -m infra.synth
 
-lint: setup
+lint: setup  # also a test (tests/test_lint.py)
 	$(VENV)/bin/ruff check attngan trainer service infra tests bench
 
 bench: setup

@@ -30,7 +30,7 @@ synth: setup
 	$(PY) -m infra.synth
 
 lint: setup  # also a test (tests/test_lint.py)
-	$(VENV)/bin/ruff check attngan trainer service infra tests bench
+	$(VENV)/bin/ruff check attngan trainer service infra tests bench models
 
 bench: setup
 	$(PY) bench/generate.py && $(PY) bench/serve.py && $(PY) bench/train.py

@@ -323,6 +323,7 @@ def render_captions(n: int, seed: int, image, vocab, cfg: Config, device: torch.
     rng = np.random.default_rng([seed, 11])
     codes, ids, lengths = [], np.zeros((n, captions_per_render, cfg.TEXT.WORDS_NUM), np.int64), []
     tokens = unknown = 0
+    was_training = image.training
     image.eval()
     with torch.no_grad():
         for start in tqdm(range(0, n, chunk), desc="text on renders: rendering", unit="chunk", leave=False,
@@ -344,7 +345,7 @@ def render_captions(n: int, seed: int, image, vocab, cfg: Config, device: torch.
                     ids[start + i, c], kept = pad_caption(encoded.ids, cfg.TEXT.WORDS_NUM)
                     row.append(kept)
                 lengths.append(row)
-    image.train()
+    image.train(was_training)
     if unknown / max(tokens, 1) > 0.05:
         log.warning("%.0f%% of the renders' caption words are not in this data's vocabulary",
                     100 * unknown / tokens)
@@ -369,8 +370,8 @@ def train_text_on_renders(run: Run, text, image, vocab, done: int, optimizer_sta
     log.info("text encoder on %d independent-part renders: %d steps (from %d)", cfg.TRAIN.TEXT_RENDERS, steps, done)
     codes, captions, lengths = render_captions(cfg.TRAIN.TEXT_RENDERS, seed, image, vocab, cfg, device, run.amp)
     codes = codes.to(device)
-    optimizer = torch.optim.Adam(text.parameters(), lr=cfg.TRAIN.ENCODER_LR / 2,
-                                 betas=(0.5, 0.999), foreach=True)
+    params = list(text.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.TRAIN.ENCODER_LR / 2, betas=(0.5, 0.999), foreach=True)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     text.train()
@@ -384,8 +385,8 @@ def train_text_on_renders(run: Run, text, image, vocab, done: int, optimizer_sta
         loss = s0 + s1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(list(text.parameters()), info)
-        torch.nn.utils.clip_grad_norm_(text.parameters(), cfg.TRAIN.RNN_GRAD_CLIP)
+        average_gradients(params, info)
+        torch.nn.utils.clip_grad_norm_(params, cfg.TRAIN.RNN_GRAD_CLIP)
         optimizer.step()
         done += 1
         value = loss.item()

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attngan.errors import AttnGANError
+from attngan.pipeline import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +194,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def _autocast(device: str):
     """bf16 autocast where it is fast (CUDA, and CPUs with AVX512-BF16/AMX: ~2x here); a no-op elsewhere."""
     dev = torch.device(device)
-    if dev.type == "cuda" or (dev.type == "cpu" and _cpu_bf16()):
+    if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_fast_bf16()):
         return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _cpu_bf16() -> bool:
-    from trainer.runtime import cpu_has_fast_bf16
-
-    return cpu_has_fast_bf16()
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, parts: dict[str, list[str]], *,

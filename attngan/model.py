@@ -246,10 +246,14 @@ class ImageEncoder(nn.Module):
             regions, x = inception_forward(self, x)
             code = F.adaptive_avg_pool2d(x, 1).flatten(1)
             return self.emb_features(regions), self.emb_cnn_code(code)
-        x, code = self.features(images)
+        return self.project(*self.features(images))
+
+    def project(self, x: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Small encoder: `features()` -> (regions B x nef x R x R, global code B x nef). Split from forward so a
+        caller that also reads the pooled features (the GAN's part loss) runs the trunk once."""
         r = max(1, round(17 * x.shape[-1] * 16 / 299))
         regions = F.adaptive_avg_pool2d(x, r) if x.shape[-1] != r else x
-        return self.emb_features(regions), self.emb_cnn_code(code)
+        return self.emb_features(regions), self.emb_cnn_code(pooled)
 
 
 # ---------------------------------------------------------------- generator

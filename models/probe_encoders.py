@@ -25,22 +25,22 @@ import torch
 PARTS = ["crown", "nape", "throat", "back", "wing", "wingbar", "breast", "belly", "tail", "leg"]
 
 
-def encode_split(data: Path, split: str, bundle, text_encoder, image_encoder, attrs: dict) -> dict:
+def encode_split(data: Path, split: str, bundle, text_encoder, image_encoder, attrs: dict, words_num: int) -> dict:
     """Sentence vectors and named attributes of every caption; DAMSM codes and true attributes of every image."""
     from attngan.config import load_config
-    from attngan.text import tokenize
     from trainer.data.dataset import TextImageDataset
+    from trainer.data.synth import named_by_words
     from trainer.evaluate.run import encode_batch
 
-    cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=128", f"TEXT.WORDS_NUM={bundle.config.words_num}"])
+    cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=128", f"TEXT.WORDS_NUM={words_num}"])
     ds = TextImageDataset(data, split, cfg, vocab=bundle.vocab, train=False)
     sents, named, truth, codes, first = [], [], [], [], []
     with torch.no_grad():
         for i in range(len(ds)):
             record = attrs[ds.keys[i]]
-            by_words = {tuple(tokenize(c["text"])): c.get("named", {}) for c in record["captions"]}
+            by_words = named_by_words(record)
             captions = ds.captions(i)
-            ids, lengths = encode_batch(captions, bundle.config.words_num, torch.device("cpu"))
+            ids, lengths = encode_batch(captions, words_num, torch.device("cpu"))
             first.append(sum(len(s) for s in sents))
             sents.append(text_encoder(ids, lengths)[1].numpy())
             named += [by_words.get(tuple(ds.vocab.ixtoword[j] for j in c), {}) for c in captions]
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/default")
     parser.add_argument("--text-encoder", default="", help="a DAMSM run's text_encoder*.pth (its image_encoder "
                                                            "beside it) instead of the bundle's encoders")
+    parser.add_argument("--words-num", type=int, default=0, help="caption words read (default: the bundle's)")
     args = parser.parse_args()
     from attngan.bundle import load_bundle
     from trainer.checkpoint import load_weights
@@ -91,8 +92,9 @@ def main() -> None:
     data = Path(args.data)
     attrs = json.loads((data / "attributes.json").read_text())
     attrs = attrs.get("images", attrs)
-    train = encode_split(data, "train", bundle, text_encoder, image_encoder, attrs)
-    test = encode_split(data, "test", bundle, text_encoder, image_encoder, attrs)
+    words_num = args.words_num or bundle.config.words_num
+    train = encode_split(data, "train", bundle, text_encoder, image_encoder, attrs, words_num)
+    test = encode_split(data, "test", bundle, text_encoder, image_encoder, attrs, words_num)
 
     sent = test["sent"][test["first"]]
     hits = r_precision_hits(test["codes"], sent, sent[sample_mismatched(test["classes"], 99, np.random.default_rng(100))])

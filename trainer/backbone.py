@@ -134,6 +134,54 @@ def load_backbone(encoder: ImageEncoder, path: str | Path) -> dict[str, Any]:
     return meta
 
 
+class PartReader(nn.Module):
+    """The backbone's part heads over a small ImageEncoder's pooled global features (the trunk's output before
+    DAMSM's projections): `reader(pooled)` -> {part: logits}. The GAN's part loss (TRAIN.PART_LOSS) reads the
+    generated bird with it; frozen, like the image encoder it sits on."""
+
+    def __init__(self, parts: dict[str, list[str]], dim: int) -> None:
+        super().__init__()
+        self.parts = {p: list(v) for p, v in parts.items()}
+        self.heads = nn.ModuleDict({p: nn.Linear(dim, len(v)) for p, v in self.parts.items()})
+
+    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {p: head(pooled) for p, head in self.heads.items()}
+
+
+READER_MIN_ACCURACY = 0.9  # held-out accuracy below which a part's head is left out of the part loss
+
+
+def load_part_reader(path: str | Path, encoder: ImageEncoder, min_accuracy: float | None = None) -> PartReader:
+    """The part heads of a backbone file, for an image encoder whose trunk IS that file's trunk (the heads read
+    that trunk's features and nothing else): a DAMSM trained with TRAIN.IMAGE_BACKBONE = `path` keeps it frozen.
+    Only the heads right on at least `min_accuracy` of the file's held-out renders are kept: one that cannot read
+    its part (the default backbone's nape, eye, eye ring and bill shape) would teach the generator noise."""
+    min_accuracy = READER_MIN_ACCURACY if min_accuracy is None else min_accuracy
+    state, meta = read_backbone(path)
+    parts = meta.get("parts")
+    if parts:
+        accuracy = meta.get("held_out_per_part", {})
+        left_out = sorted(p for p in parts if accuracy.get(p, 0.0) < min_accuracy)
+        parts = {p: v for p, v in parts.items() if p not in left_out}
+        if left_out:
+            log.info("part reader: %s read below %.0f%% on held-out renders, left out", ", ".join(left_out),
+                     100 * min_accuracy)
+    if not parts:
+        raise AttnGANError(f"{path} has no part heads that read their part on {100 * min_accuracy:.0f}% of held-out "
+                           "renders (or none at all: made by an older `attngan train backbone`); train it longer")
+    if encoder.kind != "small":
+        raise AttnGANError("the part heads read the small image encoder's features: IMAGE_ENCODER must be small")
+    own = trunk_state(encoder)
+    if set(own) != {k for k in state if k.startswith(TRUNK_PREFIXES)} or any(  # fp16 bundles: a tolerance
+            not torch.allclose(own[k].float(), state[k].float(), rtol=2e-3, atol=1e-3) for k in own):
+        raise AttnGANError(f"the image encoder's trunk is not {path}'s: use the backbone its DAMSM was trained on "
+                           "(TRAIN.IMAGE_BACKBONE of that DAMSM run)")
+    reader = PartReader(parts, encoder.emb_cnn_code.in_features)
+    reader.heads.load_state_dict({k[len(HEADS_PREFIX):]: v for k, v in state.items()
+                                  if k.startswith(HEADS_PREFIX) and k[len(HEADS_PREFIX):].split(".")[0] in parts})
+    return reader
+
+
 def part_code_projection(path: str | Path, nef: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight nef x 512, bias nef) for the small encoder's `emb_cnn_code`: the backbone's part heads (each head's
     logits centred over its values, so a part adds only which value it has) stacked, then a random rotation into

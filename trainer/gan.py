@@ -136,7 +136,9 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     else:
         text_encoder, image_encoder, vocab = _load_encoders(cfg, init_bundle)
     given_vocab = vocab
-    train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True)
+    reader = _part_reader(cfg, ckpt, image_encoder)
+    train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True,
+                                 part_values=None if reader is None else reader.parts)
     vocab = train_set.vocab
     n_words = text_encoder.encoder.weight.shape[0]
     if len(vocab) != n_words:
@@ -190,13 +192,15 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 d.load_state_dict(load_weights(net_g.parent / f"netD{i}.pth"))
         log.info("resuming the original way from %s (epoch %d)", net_g, start_epoch)
 
-    for net in [text_encoder, image_encoder, netG, *netsD]:
+    for net in [text_encoder, image_encoder, netG, *netsD, *([reader] if reader is not None else [])]:
         net.to(device)
     if cfg.TRAIN.CHANNELS_LAST:
         for net in [image_encoder, netG, *netsD]:
             net.to(memory_format=torch.channels_last)
     text_encoder.eval().requires_grad_(False)
     image_encoder.eval().requires_grad_(False)
+    if reader is not None:
+        reader.eval().requires_grad_(False)
     frozen = frozen_stages(netG, cfg.TRAIN.FROZEN_STAGES,
                            loaded=ckpt is not None or init_bundle is not None or init_g is not None or bool(cfg.TRAIN.NET_G))
 
@@ -246,7 +250,9 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                          "optG": optG.state_dict(), "optsD": [o.state_dict() for o in optsD],
                          "ema": ema, "rng": states, "vocab": vocab.to_dict(), "config": cfg.to_dict(),
                          "model_config": mc.to_dict(),
-                         "text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict()},
+                         "text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict(),
+                         **({} if reader is None else {"part_reader": reader.state_dict(),
+                                                       "part_values": reader.parts})},
                         ckpt_path)
         barrier(info)
 
@@ -299,13 +305,23 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             optG.zero_grad(set_to_none=True)
             with autocast(device, run.amp):
                 errG = losses.generator_adversarial_loss(netsD, fakes, sent)
-                regions, code = image_encoder(fakes[-1])
+                if reader is None:
+                    regions, code = image_encoder(fakes[-1])
+                else:  # the last stage's trunk pass serves both the DAMSM and the part loss
+                    p_loss = 0.0
+                    for fake in fakes:
+                        features, pooled = image_encoder.features(fake)
+                        p_loss = p_loss + losses.part_loss(reader(pooled), batch.parts)
+                    p_loss = p_loss * (cfg.TRAIN.PART_LOSS / len(fakes))
+                    regions, code = image_encoder.project(features, pooled)
             w0, w1, _ = losses.words_loss(regions, words, batch.lengths, batch.class_ids, g.GAMMA1, g.GAMMA2,
                                           g.GAMMA3, cfg.TRAIN.PAPER_WORD_EXPONENT)
             s0, s1 = losses.sent_loss(code, sent, batch.class_ids, g.GAMMA3)
             kl = losses.kl_loss(mu, logvar)
             w_loss, s_loss = (w0 + w1) * g.LAMBDA, (s0 + s1) * g.LAMBDA
             total_g = errG + w_loss + s_loss + kl
+            if reader is not None:
+                total_g = total_g + p_loss
             total_g.backward()
             average_gradients(netG.parameters(), info)
             optG.step()
@@ -318,6 +334,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             step += 1
             in_epoch += 1
             values.update(errG=errG.item(), w_loss=w_loss.item(), s_loss=s_loss.item(), kl=kl.item())
+            if reader is not None:
+                values["p_loss"] = p_loss.item()
             if not math.isfinite(sum(values.values())):
                 raise AttnGANError(f"GAN loss is not finite at step {step}: {values}; lower the learning rates")
             log_step(run, progress, step, values, "gan/train")
@@ -349,6 +367,28 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             break
     progress.close()
     return run.out
+
+
+def _part_reader(cfg: Config, ckpt: dict | None, image_encoder):
+    """TRAIN.PART_LOSS > 0: the frozen part heads over `image_encoder`'s trunk (from the checkpoint when resuming,
+    else from TRAIN.IMAGE_BACKBONE, whose trunk must be the encoder's); None when the loss is off."""
+    from trainer.backbone import PartReader, load_part_reader
+
+    weight = cfg.TRAIN.PART_LOSS
+    if weight < 0 or not math.isfinite(weight):
+        raise AttnGANError(f"TRAIN.PART_LOSS must be 0 (off) or positive, got {weight}")
+    if not weight:
+        return None
+    if ckpt is not None and "part_reader" in ckpt:
+        reader = PartReader(ckpt["part_values"], image_encoder.emb_cnn_code.in_features)
+        reader.load_state_dict(ckpt["part_reader"])
+        return reader
+    if not cfg.TRAIN.IMAGE_BACKBONE:
+        raise AttnGANError("TRAIN.PART_LOSS reads the generated birds with the part heads of the image backbone: "
+                           "set TRAIN.IMAGE_BACKBONE to the file its DAMSM was trained over")
+    reader = load_part_reader(cfg.TRAIN.IMAGE_BACKBONE, image_encoder)
+    log.info("part loss x%g: %d parts read by %s", weight, len(reader.parts), cfg.TRAIN.IMAGE_BACKBONE)
+    return reader
 
 
 def load_grown_generator(netG: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

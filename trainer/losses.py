@@ -164,3 +164,13 @@ def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
     mu = mu.float()
     logvar = logvar.float()
     return torch.mean(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))
+
+
+def part_loss(logits: dict[str, Tensor], labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Ours (TRAIN.PART_LOSS): mean cross-entropy of a frozen part reader's logits ({part: B x values}, in the
+    column order of `labels`) against the values the caption names (B x P, `ignore_index` for a part it does not
+    name), averaged over the named entries; 0 when the batch names none."""
+    total = labels.new_zeros((), dtype=torch.float32)
+    for i, out in enumerate(logits.values()):
+        total = total + F.cross_entropy(out.float(), labels[:, i], ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)

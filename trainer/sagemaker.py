@@ -220,8 +220,10 @@ def run_job(job: Job) -> Path | None:
     gan_set = list(job.gan_set)
     if job.run_damsm:
         damsm_set = list(job.damsm_set)
-        if job.image_backbone:
-            damsm_set.append(f"TRAIN.IMAGE_BACKBONE={_image_backbone(job)}")
+        if job.image_backbone:  # DAMSM's frozen trunk, and the part heads of the GAN's TRAIN.PART_LOSS
+            backbone = f"TRAIN.IMAGE_BACKBONE={_image_backbone(job)}"
+            damsm_set.append(backbone)
+            gan_set.append(backbone)
         _run(_train_cmd(job, "damsm", job.damsm_cfg, damsm_set, damsm_out), "DAMSM")
         text_path, image_path = latest_encoders(damsm_out)
         gan_set += [f"TRAIN.NET_E={text_path}", f"TRAIN.NET_IMAGE_E={image_path}"]

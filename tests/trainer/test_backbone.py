@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -12,9 +13,11 @@ import torch.nn.functional as F
 from attngan.config import load_config
 from attngan.errors import AttnGANError
 from attngan.model import ImageEncoder, ModelConfig
-from tests.trainer.conftest import PYTHON, REPO, TINY_DAMSM, subprocess_env
+from attngan.text import tokenize
+from tests.trainer.conftest import PYTHON, REPO, TINY_DAMSM, TINY_GAN, subprocess_env
 
 DAMSM_CFG = str(REPO / "trainer/cfg/DAMSM/bird.yml")
+GAN_CFG = str(REPO / "trainer/cfg/bird_attn2.yml")
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +163,107 @@ def test_text_on_renders_trains_the_text_encoder_after_the_data_and_resumes(bird
                              "IMAGE_CODE parts")]:
         with pytest.raises(AttnGANError, match=expected):
             train_damsm(load_config(DAMSM_CFG, base + sets_), str(birds), str(tmp_path / "bad"))
+
+
+def test_dataset_carries_what_each_drawn_caption_names(birds):
+    """part_values: every sample's label row is exactly what attributes.json says its caption names."""
+    from trainer.data import TextImageDataset
+    from trainer.data.synth import ATTRIBUTE_VALUES, load_attributes
+    from trainer.evaluate import faithfulness as fz
+
+    parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items()}
+    cfg = load_config(DAMSM_CFG, TINY_DAMSM + ["TEXT.WORDS_NUM=40"])  # no word drop: the caption reads whole
+    ds = TextImageDataset(birds, "train", cfg, train=True, part_values=parts)
+    attrs = load_attributes(birds)
+    seen = 0
+    for index in range(len(ds)):
+        sample = ds[(index, index)]
+        words = " ".join(ds.vocab.ixtoword[int(i)] for i in sample.caption[: sample.length])
+        named = [c["named"] for c in attrs[sample.key]["captions"] if " ".join(tokenize(c["text"])) == words]
+        assert named, words
+        assert torch.equal(sample.parts, fz.encode_labels(named[:1], parts)[0])
+        seen += int((sample.parts != fz.IGNORE).sum())
+    assert seen > 2 * len(ds)  # captions name 2-5 attributes each
+    assert TextImageDataset(birds, "train", cfg)[0].parts is None  # off by default
+
+
+def test_part_loss_pulls_an_image_towards_the_named_values(backbone):
+    """The gradient the generator gets: images optimised on the part loss alone come to be read as the values
+    named for them (through the frozen trunk and heads, as in the GAN step)."""
+    from trainer import losses
+    from trainer.backbone import load_backbone, load_part_reader
+    from trainer.evaluate import faithfulness as fz
+
+    path, _ = backbone
+    encoder = ImageEncoder(16, kind="small", input_size=64)
+    load_backbone(encoder, path)
+    encoder.eval().requires_grad_(False)
+    reader = load_part_reader(path, encoder, min_accuracy=0).eval().requires_grad_(False)
+    named = [{"crown": "red", "belly": "blue"}, {"wing": "yellow", "tail": "black"}, {"crown": "green"}]
+    labels = fz.encode_labels(named, reader.parts)
+    torch.manual_seed(0)
+    pixels = torch.zeros(3, 3, 64, 64, requires_grad=True)
+    opt = torch.optim.Adam([pixels], lr=0.05)
+
+    def loss_now() -> torch.Tensor:
+        return losses.part_loss(reader(encoder.features(torch.tanh(pixels))[1]), labels)
+
+    first = loss_now().item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss_now().backward()
+        opt.step()
+    assert loss_now().item() < 0.3 * first
+    logits = reader(encoder.features(torch.tanh(pixels))[1])
+    for row, wanted in enumerate(named):
+        for part, value in wanted.items():
+            assert reader.parts[part][int(logits[part][row].argmax())] == value, (part, value)
+    assert losses.part_loss(logits, torch.full_like(labels, fz.IGNORE)).item() == 0.0  # nothing named
+
+
+def test_part_loss_in_the_gan_travels_in_the_checkpoint_and_checks_its_inputs(birds, backbone, tmp_path,
+                                                                             monkeypatch):
+    """TRAIN.PART_LOSS in the GAN: the backbone's part heads read every stage's image against what the caption
+    names (logged as p_loss), travel in the checkpoint, and its misuses are one line each. What it does to a
+    generator at scale is measured in models/README.md."""
+    from trainer.damsm import latest_encoders, train_damsm
+    from trainer.gan import train_gan
+
+    path, meta = backbone
+    # the tiny test backbone reads no part at the real threshold (90%); keep the heads better than average
+    monkeypatch.setattr("trainer.backbone.READER_MIN_ACCURACY", meta["held_out_accuracy"])
+    damsm = train_damsm(load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.MAX_STEPS=4", "IMAGE_ENCODER_SIZE=64",
+                                                             f"TRAIN.IMAGE_BACKBONE={path}"]),
+                        str(birds), str(tmp_path / "damsm"))
+    text, _ = latest_encoders(damsm)
+    base = TINY_GAN + ["IMAGE_ENCODER_SIZE=64", f"TRAIN.NET_E={text}", f"TRAIN.IMAGE_BACKBONE={path}",
+                       "TRAIN.PART_LOSS=5", "TRAIN.LOG_INTERVAL=1", "TRAIN.CHECKPOINT_INTERVAL=1000"]
+    run = train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=40"]), str(birds), str(tmp_path / "gan"))
+    rows = [r for r in map(json.loads, (run / "logs" / "metrics.jsonl").read_text().splitlines())
+            if r["tag"] == "gan/train"]
+    assert len(rows) == 40 and all(r["p_loss"] > 0 for r in rows)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    kept = {p for p, a in meta["held_out_per_part"].items() if a >= meta["held_out_accuracy"]}
+    assert set(ckpt["part_values"]) == kept and 0 < len(kept) < len(meta["parts"])  # weak heads left out
+    assert {f"heads.{p}.weight" for p in kept} <= set(ckpt["part_reader"])
+    # resumes from its checkpoint even when the backbone file has gone
+    moved = path.with_name("moved.safetensors")
+    path.rename(moved)
+    try:
+        train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44"]), str(birds), str(tmp_path / "gan"))
+    finally:
+        moved.rename(path)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 44
+
+    other = tmp_path / "other.safetensors"
+    from trainer.backbone import train_backbone
+
+    train_backbone(other, renders=64, epochs=1, size=64, seed=9, held_out=8, progress=False)
+    for extra, expected in [(["TRAIN.IMAGE_BACKBONE="], "set TRAIN.IMAGE_BACKBONE"),
+                            ([f"TRAIN.IMAGE_BACKBONE={other}"], "trunk is not"),
+                            (["TRAIN.PART_LOSS=-1"], "PART_LOSS must be")]:
+        with pytest.raises(AttnGANError, match=expected):
+            train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2"] + extra), str(birds), str(tmp_path / "bad"))
 
 
 def test_input_size_resizes_like_inception_and_travels_in_bundles(tmp_path):

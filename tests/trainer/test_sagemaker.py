@@ -30,8 +30,9 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
     hp = {"config": "default", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
-          "damsm_set": "TREE.BRANCH_NUM=1",
-          "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16",
+          "damsm_set": "TREE.BRANCH_NUM=1,TRAIN.TEXT_RENDERS=8,TRAIN.TEXT_RENDER_STEPS=2",
+          # a 64-render backbone reads no part well enough for the part loss (tests/trainer/test_backbone.py has it)
+          "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16,TRAIN.PART_LOSS=0",
           "backbone_renders": "64", "backbone_epochs": "1"}
     env = _opt_ml(tmp_path, birds, hp)
     res = subprocess.run([PYTHON, "-m", "trainer.sagemaker"], check=False, env=env, cwd=REPO, capture_output=True, text=True,
@@ -44,6 +45,8 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     assert bundle.config.image_encoder == "small" and bundle.config.image_encoder_size == 64
     backbone = tmp_path / "checkpoints" / "image_backbone.safetensors"
     assert backbone.is_file()  # trained once, found in place by a restarted job
+    gan_commands = [line for line in res.stderr.splitlines() if "GAN" in line and "attngan.cli train gan" in line]
+    assert len(gan_commands) == 2 and all(f"TRAIN.IMAGE_BACKBONE={backbone}" in c for c in gan_commands)
     from safetensors.torch import load_file
 
     trunk = {k: v for k, v in load_file(str(backbone)).items() if not k.startswith("heads.")}

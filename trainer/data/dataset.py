@@ -34,6 +34,7 @@ class Sample:
     length: int
     class_id: int
     key: str
+    parts: torch.Tensor | None = None  # LongTensor [P]: the values the caption names (IGNORE elsewhere)
 
 
 @dataclass
@@ -43,10 +44,12 @@ class Batch:
     lengths: torch.Tensor  # LongTensor B, descending
     class_ids: torch.Tensor  # LongTensor B
     keys: list[str]
+    parts: torch.Tensor | None = None  # LongTensor BxP with `part_values` (TextImageDataset), else None
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch([im.to(device, non_blocking=True) for im in self.images],
-                     self.captions.to(device), self.lengths.to(device), self.class_ids.to(device), self.keys)
+                     self.captions.to(device), self.lengths.to(device), self.class_ids.to(device), self.keys,
+                     None if self.parts is None else self.parts.to(device))
 
 
 def load_records(data_dir: str | Path, split: str, cfg: Config) -> SplitRecords:
@@ -62,11 +65,14 @@ def load_records(data_dir: str | Path, split: str, cfg: Config) -> SplitRecords:
 
 class TextImageDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: str | Path, split: str, cfg: Config, vocab: Vocabulary | None = None,
-                 train: bool = True):
+                 train: bool = True, part_values: dict[str, list[str]] | None = None):
+        """`part_values` ({part: values}, synthetic birds only): each sample also carries the values its caption
+        names (`Sample.parts`), read from the data set's attributes.json."""
         if not data_dir and not cfg.DATA_DIR:
             raise AttnGANError("no data directory: set DATA_DIR in the config or pass --data-dir")
         data_dir = Path(data_dir or cfg.DATA_DIR)
         records = load_records(data_dir, split, cfg)
+        self.part_labels = None if part_values is None else _caption_part_labels(data_dir, records, part_values)
         if vocab is not None and vocab != records.vocab:
             records.captions = remap_captions(records.captions, records.vocab, vocab)
             records.vocab = vocab
@@ -124,8 +130,33 @@ class TextImageDataset(torch.utils.data.Dataset):
                 raise AttnGANError(f"no caption of {self.keys[index]} has a word in the vocabulary")
             caps, choice = nonempty, choice % len(nonempty)
         ids, length = pad_caption(caps[choice], self.words_num, rng if self.train else None)
+        parts = None
+        if self.part_labels is not None:
+            parts = self.part_labels[index][self.records.captions[index].index(caps[choice])]
         return Sample(images=self.images(index, rng), caption=torch.from_numpy(ids), length=length,
-                      class_id=int(self.class_ids[index]), key=self.keys[index])
+                      class_id=int(self.class_ids[index]), key=self.keys[index], parts=parts)
+
+
+def _caption_part_labels(data_dir: Path, records: SplitRecords, part_values: dict[str, list[str]]
+                         ) -> list[torch.Tensor]:
+    """Per image, P-long label rows of what each of its captions names (the data's own words, before any
+    vocabulary remapping, matched to attributes.json's captions)."""
+    from trainer.data.synth import load_attributes, named_by_words
+    from trainer.evaluate.faithfulness import encode_labels
+
+    attrs = load_attributes(data_dir)
+    out = []
+    for key, caps in zip(records.keys, records.captions):
+        by_words = named_by_words(attrs.get(key, {}))
+        named = []
+        for ids in caps:
+            words = tuple(records.vocab.ixtoword[i] for i in ids)
+            if words not in by_words:
+                raise AttnGANError(f"{data_dir / 'attributes.json'} has no caption {' '.join(words)!r} of {key}: "
+                                   "the attributes file is not this data set's")
+            named.append(by_words[words])
+        out.append(encode_labels(named, part_values))
+    return out
 
 
 def collate_batch(samples: list[Sample]) -> Batch:
@@ -138,5 +169,6 @@ def collate_batch(samples: list[Sample]) -> Batch:
               for stage in range(len(samples[0].images))]
     captions = torch.stack([samples[i].caption for i in order.tolist()])
     class_ids = torch.tensor([samples[i].class_id for i in order.tolist()], dtype=torch.long)
+    parts = None if samples[0].parts is None else torch.stack([samples[i].parts for i in order.tolist()])
     return Batch(images=images, captions=captions, lengths=lengths[order], class_ids=class_ids,
-                 keys=[samples[i].key for i in order.tolist()])
+                 keys=[samples[i].key for i in order.tolist()], parts=parts)

@@ -635,6 +635,14 @@ def load_attributes(data_dir: str | Path) -> dict[str, dict]:
         raise AttnGANError(f"{path} is not a synthetic-birds attributes file: {exc}") from None
 
 
+def named_by_words(record: dict[str, Any]) -> dict[tuple[str, ...], dict[str, str]]:
+    """One image's record of `load_attributes` -> {caption's tokens: {part: value} it names}: how a caption read
+    back from the data set (as tokens) is matched to what it names."""
+    from attngan.text import tokenize
+
+    return {tuple(tokenize(c["text"])): dict(c.get("named", {})) for c in record.get("captions", [])}
+
+
 def preview_grid(data_dir: str | Path, out_path: str | Path, n: int = 12, columns: int = 4,
                  cell: int = 256) -> Path:
     """A picture of the first `n` images of a CUB-layout data set, each with its first caption beneath."""

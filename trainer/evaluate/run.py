@@ -324,15 +324,14 @@ def judge_training_set(opts: EvalOptions, attrs: dict[str, Any], parts: dict[str
 
 def named_for_items(items: list[tuple[int, int]], ts: TestSet, attrs: dict[str, Any]) -> list[dict[str, str]]:
     """For each generated item, the attributes its caption names (matched by the caption's words)."""
-    from attngan.text import tokenize
+    from trainer.data.synth import named_by_words
 
     by_key: dict[str, dict[tuple[str, ...], dict[str, str]]] = {}
     out = []
     for i, k in items:
         key = ts.dataset.keys[i]
         if key not in by_key:
-            rec = attrs.get(key, {})
-            by_key[key] = {tuple(tokenize(c["text"])): dict(c.get("named", {})) for c in rec.get("captions", [])}
+            by_key[key] = named_by_words(attrs.get(key, {}))
         out.append(by_key[key].get(tuple(ts.tokens[i][k]), {}))
     return out
 

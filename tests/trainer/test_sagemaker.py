@@ -30,7 +30,7 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
     hp = {"config": "default", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
-          "damsm_set": "TREE.BRANCH_NUM=1,TRAIN.TEXT_RENDERS=8,TRAIN.TEXT_RENDER_STEPS=2",
+          "damsm_set": "TREE.BRANCH_NUM=1,TRAIN.IMAGE_CODE=parts,TRAIN.TEXT_RENDERS=8,TRAIN.TEXT_RENDER_STEPS=2",
           # a 64-render backbone reads no part well enough for the part loss (tests/trainer/test_backbone.py has it)
           "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16,TRAIN.PART_LOSS=0",
           "backbone_renders": "64", "backbone_epochs": "1"}

@@ -36,10 +36,11 @@ fi
 # 3. AttnGAN, grown: (a) the 64 px stage alone (cheap steps, where shape and colour form), then (b) all three
 #    stages, started from (a)'s last generator and its 64 px discriminator. Each resumes from its checkpoint.pt.
 NET_E="TRAIN.NET_E=$RUNS/default_DAMSM/Model/text_encoder$DAMSM_EPOCHS.pth"
+PARTS="TRAIN.IMAGE_BACKBONE=$BACKBONE"  # its part heads read back what each caption names (TRAIN.PART_LOSS)
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_64.yml --data-dir "$DATA" \
-    --output-dir "$RUNS/default_AttnGAN64" --set "$NET_E"
+    --output-dir "$RUNS/default_AttnGAN64" --set "$NET_E" --set "$PARTS"
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan.yml --data-dir "$DATA" \
-    --output-dir "$RUNS/default_AttnGAN" --set "$NET_E" \
+    --output-dir "$RUNS/default_AttnGAN" --set "$NET_E" --set "$PARTS" \
     --init-from "$(ls -v "$RUNS"/default_AttnGAN64/Model/netG_epoch_*.pth | tail -1)"
 
 # 4. bundle (EMA generator, fp16 weights); redone only when the run's checkpoint is newer than the bundle

@@ -35,6 +35,7 @@ def load_model(settings: Settings, bundle_path: str) -> Any:
     """Runs in the engine thread of a worker: threads, device, precision choice, warm-up."""
     import torch
 
+    from attngan import pipeline
     from attngan.pipeline import TextToImage
 
     torch.set_num_threads(settings.threads_per_worker())
@@ -61,6 +62,11 @@ def load_model(settings: Settings, bundle_path: str) -> Any:
 
     if settings.precision != "auto":
         model = load(settings.precision)
+    elif device == "cpu" and not pipeline.cpu_has_fast_bf16():
+        # no AMX / AVX512-BF16: bf16 would be emulated (several times slower), so it is not worth timing
+        model = load("fp32")
+        log.info("precision chosen", extra={"precision": model.precision, "fp32_ms": None, "bf16_ms": None,
+                                            "reason": "this CPU has no native bf16", "batch_sizes": batch_sizes})
     else:
         # "bf16 where it is faster": measure this machine (one caption and a full batch) instead of guessing
         model = load("fp32")

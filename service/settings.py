@@ -39,7 +39,7 @@ class Settings:
     model_uri: str = "bundled"  # bundled (bundle_dir) | s3://B/K.tar.gz | s3://B/prefix/ | a local dir (model_source.py)
     model_cache_dir: str = ""  # where S3 models are unpacked; empty: <tmp>/attngan-models
     device: str = "auto"  # auto | cpu | cuda (auto: cuda when a GPU is visible, checked in the worker only)
-    precision: str = "auto"  # auto (measure fp32 vs bf16 at warm-up, keep the faster) | fp32 | bf16
+    precision: str = "auto"  # auto (measure fp32 vs bf16 at warm-up, keep the faster; fp32 on a CPU without native bf16) | fp32 | bf16
     torch_threads: int = 0  # 0: available CPUs // gunicorn workers
     workers: int = 1  # gunicorn worker processes (WEB_CONCURRENCY); one model copy each
     # engine

@@ -67,10 +67,12 @@ def test_not_ready_until_loaded_and_load_errors_are_reported():
     engine.stop()
 
 
-def test_auto_precision_is_measured_at_warm_up(bundle_dir, caplog):
+def test_auto_precision_is_measured_at_warm_up(bundle_dir, caplog, monkeypatch):
+    from attngan import pipeline
     from service.app import load_model
     from service.settings import Settings
 
+    monkeypatch.setattr(pipeline, "cpu_has_fast_bf16", lambda: True)  # measured on any CPU, as on AMX / AVX512-BF16
     with caplog.at_level("INFO", logger="service.app"):
         model = load_model(Settings(bundle_dir=str(bundle_dir), precision="auto", torch_threads=1,
                                     max_batch_size=2), str(bundle_dir))
@@ -80,3 +82,28 @@ def test_auto_precision_is_measured_at_warm_up(bundle_dir, caplog):
     # the faster one (within 5 %) wins; bf16 only when clearly faster
     if abs(chosen.bf16_ms - chosen.fp32_ms * 0.95) > 0.5:  # the logged times are rounded to 0.1 ms
         assert (model.precision == "bf16") == (chosen.bf16_ms < chosen.fp32_ms * 0.95)
+
+
+def test_auto_precision_skips_bf16_on_a_cpu_that_emulates_it(bundle_dir, caplog, monkeypatch):
+    """Without AMX / AVX512-BF16, bf16 is emulated and several times slower: auto keeps fp32 without loading
+    and timing a bf16 copy (which cost seconds of start-up on such machines)."""
+    from attngan import pipeline
+    from attngan.pipeline import TextToImage
+    from service.app import load_model
+    from service.settings import Settings
+
+    monkeypatch.setattr(pipeline, "cpu_has_fast_bf16", lambda: False)
+    loaded: list[str] = []
+    real = TextToImage.from_bundle.__func__
+
+    def spy(cls, path, device="cpu", precision="auto"):
+        loaded.append(precision)
+        return real(cls, path, device=device, precision=precision)
+
+    monkeypatch.setattr(TextToImage, "from_bundle", classmethod(spy))
+    with caplog.at_level("INFO", logger="service.app"):
+        model = load_model(Settings(bundle_dir=str(bundle_dir), precision="auto", torch_threads=1,
+                                    max_batch_size=2), str(bundle_dir))
+    chosen = next(r for r in caplog.records if r.getMessage() == "precision chosen")
+    assert model.precision == chosen.precision == "fp32" and chosen.bf16_ms is None
+    assert loaded == ["fp32"]

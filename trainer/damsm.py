@@ -199,6 +199,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         start_epoch, step, skip = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["step_in_epoch"])
         restore_rng_state(ckpt["rng"], info.rank)
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, start_epoch, step)
+        run.forget_after(step)
     else:
         broadcast_module(text, info)
         broadcast_module(image, info)

@@ -226,6 +226,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             ema[n].copy_(v)
         restore_rng_state(ckpt["rng"], info.rank)
         log.info("resumed from %s at epoch %d, step %d", ckpt_path, start_epoch, step)
+        run.forget_after(step)
     ema_avg = [ema[n] for n, p in netG.named_parameters() if p.requires_grad]  # frozen stages: exactly as loaded
     ema_live = [p for _, p in netG.named_parameters() if p.requires_grad]
 

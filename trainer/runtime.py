@@ -163,6 +163,17 @@ class Run:
             with open(self.out / "logs" / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"step": step, "tag": prefix, **values}) + "\n")
 
+    def forget_after(self, step: int) -> None:
+        """On resume: drop metrics.jsonl rows logged after the checkpoint's step (a run killed without saving logged
+        them, and the resumed run logs those steps again), so the log and the curves show each step once."""
+        path = self.out / "logs" / "metrics.jsonl"
+        if self.writer is None or not path.exists():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            path.write_text("".join(kept), encoding="utf-8")
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.flush()

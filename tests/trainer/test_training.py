@@ -135,6 +135,29 @@ def test_sigterm_saves_and_rerun_resumes_to_identical_weights(birds, damsm_run, 
         assert torch.equal(a["ema"][name], b["ema"][name]), name
     assert all(torch.equal(a["netsD"][0][k], b["netsD"][0][k]) for k in a["netsD"][0])
 
+    # A hard kill (OOM killer, lost node) saves nothing: the rerun resumes from the last periodic checkpoint,
+    # repeats the lost steps exactly, and the metrics log shows each step once with the uninterrupted run's values.
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([PYTHON, "-m", "attngan.cli", *args, "--set", "TRAIN.CHECKPOINT_INTERVAL=5",
+                             "--output-dir", str(killed)], cwd=REPO, env=subprocess_env(),
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    log_file = killed / "logs" / "metrics.jsonl"
+    while proc.poll() is None and time.time() < deadline:  # kill once step 6 is logged, before the step-10 save
+        if log_file.exists() and '"step": 6,' in log_file.read_text():
+            proc.kill()
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert [r["step"] for r in _metrics(killed, "gan/train")][-1] >= 6  # logged after the checkpoint, then lost
+    again = _cli([*args, "--output-dir", str(killed)])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "at epoch" in again.stderr and "step 5" in again.stderr
+    assert _metrics(killed, "gan/train") == _metrics(tmp_path / "full", "gan/train")
+    c = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["ema"][name], c["ema"][name]) for name in a["ema"])
+
 
 @pytest.mark.slow
 def test_group_sigterm_with_a_data_worker_saves_and_resumes(birds, damsm_run, tmp_path):

@@ -71,17 +71,18 @@ def sample_grid(rows: list[dict[str, Any]], width: int = 1024) -> Image.Image:
 
 
 def read_scalars(logs_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in the TensorBoard event files under `logs_dir` (recursively), by tag."""
+    """Every scalar series in the TensorBoard event files under `logs_dir` (recursively), by tag. Each resume
+    writes a new file (named by its start time); a step logged again after a hard kill keeps the later value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    series: dict[str, dict[int, float]] = defaultdict(dict)
     files = sorted(p for p in Path(logs_dir).rglob("events.out.tfevents.*") if p.is_file())
     for f in files:
         acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
-            series[tag].extend((e.step, float(e.value)) for e in acc.Scalars(tag))
-    return {tag: sorted(v) for tag, v in series.items()}
+            series[tag].update((e.step, float(e.value)) for e in acc.Scalars(tag))
+    return {tag: sorted(v.items()) for tag, v in series.items()}
 
 
 def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Path) -> Path:

@@ -441,11 +441,16 @@ def quality_bars(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                      "measured": f"{100 * j:.1f}%", "met": j >= 0.97,
                      "why": "the attribute classifier is too weak for its verdicts to be trusted; train it longer "
                             "(--classifier-epochs) or on more renders"})
-        g = f["generated"]["accuracy"]
+        gen = f["generated"]
+        g = gen["accuracy"]
+        weakest = sorted(gen.get("per_part", {}).items(), key=lambda kv: kv[1])[:3]
         bars.append({"name": "named-attribute accuracy of generated birds", "target": ">= 85%",
                      "measured": f"{100 * g:.1f}%", "met": g >= 0.85,
-                     "why": "the generator does not yet draw the colours its captions name; more GAN steps and a "
-                            "stronger DAMSM (R-precision) are what lift it"})
+                     "why": "the generator does not yet draw every colour its captions name"
+                            + (f"; weakest parts {', '.join(f'{k} {100 * v:.1f}%' for k, v in weakest)}"
+                               if weakest else "")
+                            + (f"; {100 * gen['swapped']:.1f}% of named colours land on another named part"
+                               if "swapped" in gen else "")})
     rp = metrics.get("r_precision", {})
     if "mean" in rp:
         bars.append({"name": "R-precision", "target": ">= 80% (chance 1%)", "measured": f"{100 * rp['mean']:.1f}%",

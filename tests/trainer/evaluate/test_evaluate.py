@@ -122,3 +122,33 @@ def test_bf16_metrics_match_fp32(tmp_path, tiny_data, tiny_bundle_dir, capsys):
     assert abs(results["bf16"]["r_precision"]["mean"] - results["fp32"]["r_precision"]["mean"]) <= 0.1
     fp32_fid = results["fp32"]["fid"]["damsm"]["value"]
     assert abs(results["bf16"]["fid"]["damsm"]["value"] - fp32_fid) <= 0.05 * fp32_fid + 1e-3
+
+
+def test_training_curves_show_each_step_once_across_resumes(tmp_path):
+    """A run killed after logging steps it never saved is resumed into a new event file that logs those steps
+    again: the curves keep the resumed run's values, once per step, in step order."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainer.evaluate.report import read_scalars
+
+    for values in ({1: 3.0, 2: 2.5, 3: 9.0, 4: 9.5}, {3: 2.0, 4: 1.5, 5: 1.0}):  # killed after 4, resumed from 2
+        w = SummaryWriter(str(tmp_path / "logs"))
+        for step, v in values.items():
+            w.add_scalar("gan/train/errG", v, step)
+        w.close()
+        time.sleep(1.1)  # event files are named by their start second
+    assert read_scalars(tmp_path / "logs")["gan/train/errG"] == [(1, 3.0), (2, 2.5), (3, 2.0), (4, 1.5), (5, 1.0)]
+
+
+def test_a_missed_attribute_bar_names_the_weakest_parts():
+    from trainer.evaluate.run import quality_bars
+
+    generated = {"accuracy": 0.685, "swapped": 0.138,
+                 "per_part": {"crown": 0.708, "nape": 0.335, "wingbar": 0.293, "leg": 0.599, "breast": 0.852}}
+    bars = quality_bars({"faithfulness": {"judge": {"held_out": {"accuracy": 0.994}}, "generated": generated}})
+    bar = next(b for b in bars if b["name"] == "named-attribute accuracy of generated birds")
+    assert not bar["met"] and bar["measured"] == "68.5%"
+    assert "weakest parts wingbar 29.3%, nape 33.5%, leg 59.9%" in bar["why"]
+    assert "13.8% of named colours land on another named part" in bar["why"]

@@ -84,29 +84,21 @@ def sample_grid(t2i, captions: list[str], seeds: int, first_seed: int, title: st
     return _stack(rows, title)
 
 
-def shrink_png(path: Path) -> None:
-    """Re-save as a 256-colour palette PNG: these pictures are flat colours, so this is ~4x smaller and looks the same."""
-    image = Image.open(path).convert("RGB")
-    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
-
-
 def main() -> None:
     from attngan.pipeline import TextToImage
+    from attngan.render import save_palette_png
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="models/default")
     parser.add_argument("--docs", default="docs")
     parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--shrink", nargs="*", default=[], metavar="PNG",
-                        help="also re-save these PNGs (e.g. the evaluation's samples.png) as palette PNGs")
     parser.add_argument("--grid", metavar="PNG", help="instead: only a grid of the sample captions x 4 seeds")
     parser.add_argument("--title", default="", help="the grid's title (default: the bundle's version)")
     args = parser.parse_args()
     t2i = TextToImage.from_bundle(args.bundle, precision="fp32")
     if args.grid:
         title = args.title or f"model {t2i.version}: 256 px images, seeds {args.seed}-{args.seed + 3}"
-        sample_grid(t2i, [*SAMPLE_CAPTIONS, CHALLENGE_CAPTION], 4, args.seed, title).save(args.grid)
-        shrink_png(Path(args.grid))
+        save_palette_png(sample_grid(t2i, [*SAMPLE_CAPTIONS, CHALLENGE_CAPTION], 4, args.seed, title), args.grid)
         print(f"wrote {args.grid}")
         return
     docs = Path(args.docs)
@@ -115,13 +107,11 @@ def main() -> None:
     rows = [_row(t2i, c, args.seed + i, [last]) for i, c in enumerate(SAMPLE_CAPTIONS)]
     title = (f"default model {t2i.version}: caption -> 64 / 128 / 256 px images and the 256 px stage's "
              "per-word attention")
-    _stack(rows, title).save(docs / "default_samples.png")
+    save_palette_png(_stack(rows, title), docs / "default_samples.png")
     challenge = [_row(t2i, CHALLENGE_CAPTION, args.seed + i, [0, 1]) for i in range(3)]
-    _stack(challenge, f"default model {t2i.version}: the challenge caption, three seeds; "
-                      "64/128/256 px, then attention map1 (128 px stage) and map2 (256 px stage)"
-           ).save(docs / "challenge_caption.png")
-    for path in [docs / "default_samples.png", docs / "challenge_caption.png", *map(Path, args.shrink)]:
-        shrink_png(path)
+    save_palette_png(_stack(challenge, f"default model {t2i.version}: the challenge caption, three seeds; "
+                                       "64/128/256 px, then attention map1 (128 px stage) and map2 (256 px stage)"),
+                     docs / "challenge_caption.png")
     print(f"wrote {docs / 'default_samples.png'} and {docs / 'challenge_caption.png'}")
 
 

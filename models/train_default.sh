@@ -56,7 +56,7 @@ fi
 
 # 6. README pictures: docs/default_samples.png and docs/challenge_caption.png, and the first hour's birds (the
 #    64 px stage's generator at the end of the first hour, exported on its own) in docs/first_hour_samples.png
-"$PY" models/make_pictures.py --bundle "$BUNDLE" --docs docs --shrink "$BUNDLE/eval/samples.png"
+"$PY" models/make_pictures.py --bundle "$BUNDLE" --docs docs
 FIRST_HOUR_EPOCH=53  # stage 1 snapshot after 54 epochs of 93 steps = step 5,022, where the first hour ends
 "${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN64" --epoch "$FIRST_HOUR_EPOCH" --out "$RUNS/default_64px_bundle" \
     --half

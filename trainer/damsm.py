@@ -25,7 +25,6 @@ from trainer.checkpoint import (
     find_latest,
     gather_rng_states,
     load_weights,
-    restore_rng_state,
     vocab_beside,
 )
 from trainer.distributed import average_gradients, barrier, broadcast_module, mean_value
@@ -197,9 +196,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         image.load_state_dict(ckpt["image_encoder"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, step, skip = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["step_in_epoch"])
-        restore_rng_state(ckpt["rng"], info.rank)
-        log.info("resumed from %s at epoch %d, step %d", ckpt_path, start_epoch, step)
-        run.forget_after(step)
+        run.resumed(ckpt_path, ckpt)
     else:
         broadcast_module(text, info)
         broadcast_module(image, info)

@@ -26,7 +26,6 @@ from trainer.checkpoint import (
     find_latest,
     gather_rng_states,
     load_weights,
-    restore_rng_state,
     vocab_beside,
 )
 from trainer.distributed import average_gradients, barrier, broadcast_module
@@ -224,9 +223,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     if ckpt is not None:
         for n, v in ckpt["ema"].items():
             ema[n].copy_(v)
-        restore_rng_state(ckpt["rng"], info.rank)
-        log.info("resumed from %s at epoch %d, step %d", ckpt_path, start_epoch, step)
-        run.forget_after(step)
+        run.resumed(ckpt_path, ckpt)
     ema_avg = [ema[n] for n, p in netG.named_parameters() if p.requires_grad]  # frozen stages: exactly as loaded
     ema_live = [p for _, p in netG.named_parameters() if p.requires_grad]
 

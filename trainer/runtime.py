@@ -20,7 +20,7 @@ import torch
 from attngan.config import Config
 from attngan.errors import AttnGANError
 from attngan.pipeline import cpu_has_fast_bf16
-from trainer.checkpoint import CHECKPOINT_NAME, GracefulStop, load_weights
+from trainer.checkpoint import CHECKPOINT_NAME, GracefulStop, load_weights, restore_rng_state
 from trainer.distributed import DistInfo, ResumableSampler, any_flag, init_distributed, shutdown
 
 log = logging.getLogger("trainer")
@@ -163,9 +163,12 @@ class Run:
             with open(self.out / "logs" / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"step": step, "tag": prefix, **values}) + "\n")
 
-    def forget_after(self, step: int) -> None:
-        """On resume: drop metrics.jsonl rows logged after the checkpoint's step (a run killed without saving logged
-        them, and the resumed run logs those steps again), so the log and the curves show each step once."""
+    def resumed(self, ckpt_path: Path, ckpt: dict[str, Any]) -> None:
+        """After a checkpoint's weights are loaded: its random streams, the log line, and the metrics log cut back
+        to its step (a run killed without saving logged later steps, which the resumed run logs again)."""
+        step = int(ckpt["step"])
+        restore_rng_state(ckpt["rng"], self.info.rank)
+        log.info("resumed from %s at epoch %d, step %d", ckpt_path, int(ckpt["epoch"]), step)
         path = self.out / "logs" / "metrics.jsonl"
         if self.writer is None or not path.exists():
             return

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from attngan.bundle import Bundle, load_bundle
 from attngan.config import load_config
 from attngan.errors import AttnGANError
+from attngan.render import save_palette_png
 from attngan.text import pad_caption
 from trainer.evaluate import complexity, faithfulness, report
 from trainer.evaluate.fid import FeatureStats, feature_stats, frechet_distance, inception_score
@@ -596,7 +597,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     pictures: dict[str, str] = {}
     if opts.samples > 0:
         rows = sample_pictures(ts, bundle, text_encoder, generator, opts.samples, device, opts.seed)
-        report.sample_grid(rows).save(opts.out / "samples.png")
+        save_palette_png(report.sample_grid(rows), opts.out / "samples.png")
         pictures["samples"] = "samples.png"
     if logs_dir is not None:
         series = report.read_scalars(logs_dir)

@@ -233,12 +233,16 @@ class ImageEncoder(nn.Module):
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Small encoder: (trunk map B x 256 x S/16 x S/16, global B x 512) before the projections."""
-        if self.input_size and images.shape[-1] != self.input_size:
-            # in fp32: the antialiased kernel has no bf16 version on CPU (generator output under autocast)
-            images = F.interpolate(images.float(), size=(self.input_size, self.input_size), mode="bilinear",
-                                   align_corners=False, antialias=images.shape[-1] > self.input_size)
-        x = self.trunk(images)
+        x = self.trunk(self.resize(images))
         return x, F.adaptive_avg_pool2d(self.trunk_global(x), 1).flatten(1)
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images at `input_size` (unchanged when it is 0 or already theirs)."""
+        if not self.input_size or images.shape[-1] == self.input_size:
+            return images
+        # in fp32: the antialiased kernel has no bf16 version on CPU (generator output under autocast)
+        return F.interpolate(images.float(), size=(self.input_size, self.input_size), mode="bilinear",
+                             align_corners=False, antialias=images.shape[-1] > self.input_size)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "inception":

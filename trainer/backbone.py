@@ -35,21 +35,39 @@ log = logging.getLogger("trainer")
 
 TRUNK_PREFIXES = ("trunk.", "trunk_global.")
 HEADS_PREFIX = "heads."
+WHERE_PREFIX = "where."  # pool="attention": each part's spatial attention (a 1x1 conv, one output per part)
+
+
+POOLS = ("mean", "attention")
 
 
 class PartHeads(nn.Module):
-    """The small ImageEncoder's trunk + one linear head per part on its pooled global features."""
+    """The small ImageEncoder's trunk + one linear head per part. pool="mean": on its pooled global features (the
+    code DAMSM projects). pool="attention": on the trunk's feature map pooled by each part's own spatial
+    attention (`where`), so a part a few pixels wide (the eye ring) is not averaged away with the whole bird."""
 
-    def __init__(self, parts: dict[str, list[str]], size: int) -> None:
+    def __init__(self, parts: dict[str, list[str]], size: int, pool: str = "mean") -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise AttnGANError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         self.parts = {p: list(v) for p, v in parts.items()}
+        self.pool = pool
         self.encoder = ImageEncoder(nef=2, kind="small", input_size=size)  # projections unused
-        dim = self.encoder.emb_cnn_code.in_features
+        if pool == "attention":
+            dim = self.encoder.emb_features.in_channels
+            self.where = nn.Conv2d(dim, len(self.parts), 1)
+        else:
+            dim = self.encoder.emb_cnn_code.in_features
         self.heads = nn.ModuleDict({p: nn.Linear(dim, len(v)) for p, v in self.parts.items()})
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        _, code = self.encoder.features(images)
-        return {p: head(code) for p, head in self.heads.items()}
+        if self.pool == "mean":
+            _, code = self.encoder.features(images)
+            return {p: head(code) for p, head in self.heads.items()}
+        x = self.encoder.trunk(self.encoder.resize(images))  # B x C x S/16 x S/16
+        where = self.where(x).flatten(2).float().softmax(-1).to(x.dtype)  # B x P x HW
+        pooled = torch.bmm(where, x.flatten(2).transpose(1, 2))  # B x P x C
+        return {p: head(pooled[:, i]) for i, (p, head) in enumerate(self.heads.items())}
 
 
 def trunk_state(encoder: ImageEncoder) -> dict[str, torch.Tensor]:
@@ -58,8 +76,10 @@ def trunk_state(encoder: ImageEncoder) -> dict[str, torch.Tensor]:
 
 
 def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, size: int = 128, seed: int = 0,
-                   held_out: int = 1000, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
-    """Render, train, judge on held-out renders, write `out` (safetensors); returns the metadata written."""
+                   held_out: int = 1000, batch_size: int = 64, progress: bool = True, pool: str = "mean",
+                   parts: list[str] | None = None) -> dict[str, Any]:
+    """Render, train, judge on held-out renders, write `out` (safetensors); returns the metadata written.
+    `pool` "attention" and a few `parts` make a detail backbone (TRAIN.DETAIL_BACKBONE) rather than DAMSM's."""
     from safetensors.torch import save_file
 
     from trainer.data.synth import ATTRIBUTE_VALUES
@@ -71,29 +91,40 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
         raise AttnGANError(f"--epochs must be at least 1, got {epochs}")
     if size < 64 or size % 16:
         raise AttnGANError(f"--size must be a multiple of 16 from 64, got {size}")
+    if pool not in POOLS:
+        raise AttnGANError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    unknown = sorted(set(parts or []) - set(ATTRIBUTE_VALUES))
+    if unknown:
+        raise AttnGANError(f"--parts: no part {unknown[0]!r}; the parts are {', '.join(ATTRIBUTE_VALUES)}")
     out = Path(out)
-    parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items()}
+    parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items() if not parts or p in parts}
     t0 = time.perf_counter()
-    images, records = fz.render_set(renders, seed, size=size, progress=progress, desc="backbone: renders")
+    images, records = fz.render_set(renders, seed, size=size, progress=progress, desc="backbone: renders",
+                                    dtype=torch.float16)  # fit_attributes reads batches as float32
     val_images, val_records = fz.render_set(held_out, seed + 1, size=size, progress=progress,
                                             desc="backbone: held-out renders")
     log.info("backbone: %d + %d renders at %d px in %.0f s", renders, held_out, size, time.perf_counter() - t0)
     torch.manual_seed(seed)
-    model = PartHeads(parts, size)
+    model = PartHeads(parts, size, pool)
     t1 = time.perf_counter()
     fz.fit_attributes(model, images, fz.encode_labels(records, parts), epochs=epochs, batch_size=batch_size,
                       seed=seed, progress=progress, desc="backbone")
     train_seconds = time.perf_counter() - t1
     acc = fz.per_part_accuracy(fz.predict(model, val_images), fz.encode_labels(val_records, parts), parts)
     meta = {"format": "attngan-small-image-backbone", "version": 1, "size": size, "renders": renders,
-            "parts": parts,
+            "parts": parts, "pool": pool,
             "epochs": epochs, "seed": seed, "train_seconds": round(train_seconds, 1),
             "held_out_renders": held_out, "held_out_accuracy": round(acc["accuracy"], 4),
             "held_out_per_part": {p: round(v, 4) for p, v in acc["per_part"].items()}}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     heads = {f"{HEADS_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.heads.state_dict().items()}
-    save_file({**trunk_state(model.encoder), **heads}, str(tmp), metadata={"attngan": json.dumps(meta)})
+    if pool == "attention":  # its global block is untrained: only the trunk and the attention heads are kept
+        trunk = {k: v for k, v in trunk_state(model.encoder).items() if k.startswith("trunk.")}
+        heads.update({f"{WHERE_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.where.state_dict().items()})
+    else:
+        trunk = trunk_state(model.encoder)
+    save_file({**trunk, **heads}, str(tmp), metadata={"attngan": json.dumps(meta)})
     tmp.replace(out)
     log.info("backbone: %.1f%% of parts right on %d held-out renders (%s), trained in %.0f s -> %s",
              100 * acc["accuracy"], held_out,
@@ -120,9 +151,18 @@ def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     return state, meta
 
 
+def read_mean_pooled(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """read_backbone for DAMSM's trunk and the part loss, which read the trunk's global code."""
+    state, meta = read_backbone(path)
+    if meta.get("pool", "mean") != "mean":
+        raise AttnGANError(f"{path} is an attention-pooled detail backbone: it goes in TRAIN.DETAIL_BACKBONE, not "
+                           "TRAIN.IMAGE_BACKBONE (train DAMSM's with the default --pool mean)")
+    return state, meta
+
+
 def load_backbone(encoder: ImageEncoder, path: str | Path) -> dict[str, Any]:
     """Copy a backbone file's trunk into a small ImageEncoder; returns the file's metadata."""
-    state, meta = read_backbone(path)
+    state, meta = read_mean_pooled(path)
     state = {k: v for k, v in state.items() if not k.startswith(HEADS_PREFIX)}
     expected = set(trunk_state(encoder))
     if set(state) != expected:
@@ -151,24 +191,31 @@ class PartReader(nn.Module):
 READER_MIN_ACCURACY = 0.9  # held-out accuracy below which a part's head is left out of the part loss
 
 
-def load_part_reader(path: str | Path, encoder: ImageEncoder, min_accuracy: float | None = None) -> PartReader:
-    """The part heads of a backbone file, for an image encoder whose trunk IS that file's trunk (the heads read
-    that trunk's features and nothing else): a DAMSM trained with TRAIN.IMAGE_BACKBONE = `path` keeps it frozen.
-    Only the heads right on at least `min_accuracy` of the file's held-out renders are kept: one that cannot read
-    its part (the default backbone's nape, eye, eye ring and bill shape) would teach the generator noise."""
+def readable_parts(path: str | Path, meta: dict[str, Any], min_accuracy: float | None = None
+                   ) -> dict[str, list[str]]:
+    """{part: values} of a backbone file's heads right on at least `min_accuracy` of its held-out renders: one
+    that cannot read its part (the 128 px default backbone's nape, eye, eye ring and bill shape) would teach the
+    generator noise."""
     min_accuracy = READER_MIN_ACCURACY if min_accuracy is None else min_accuracy
-    state, meta = read_backbone(path)
-    parts = meta.get("parts")
-    if parts:
-        accuracy = meta.get("held_out_per_part", {})
-        left_out = sorted(p for p in parts if accuracy.get(p, 0.0) < min_accuracy)
-        parts = {p: v for p, v in parts.items() if p not in left_out}
-        if left_out:
-            log.info("part reader: %s read below %.0f%% on held-out renders, left out", ", ".join(left_out),
-                     100 * min_accuracy)
+    parts = meta.get("parts") or {}
+    accuracy = meta.get("held_out_per_part", {})
+    left_out = sorted(p for p in parts if accuracy.get(p, 0.0) < min_accuracy)
+    if parts and left_out:
+        log.info("part reader %s: %s read below %.0f%% on held-out renders, left out", path, ", ".join(left_out),
+                 100 * min_accuracy)
+    parts = {p: list(v) for p, v in parts.items() if p not in left_out}
     if not parts:
         raise AttnGANError(f"{path} has no part heads that read their part on {100 * min_accuracy:.0f}% of held-out "
                            "renders (or none at all: made by an older `attngan train backbone`); train it longer")
+    return parts
+
+
+def load_part_reader(path: str | Path, encoder: ImageEncoder, min_accuracy: float | None = None) -> PartReader:
+    """The part heads of a backbone file, for an image encoder whose trunk IS that file's trunk (the heads read
+    that trunk's features and nothing else): a DAMSM trained with TRAIN.IMAGE_BACKBONE = `path` keeps it frozen.
+    Only the heads right on at least `min_accuracy` of the file's held-out renders are kept (`readable_parts`)."""
+    state, meta = read_mean_pooled(path)
+    parts = readable_parts(path, meta, min_accuracy)
     if encoder.kind != "small":
         raise AttnGANError("the part heads read the small image encoder's features: IMAGE_ENCODER must be small")
     own = trunk_state(encoder)
@@ -192,7 +239,7 @@ def part_code_projection(path: str | Path, nef: int, seed: int = 0) -> tuple[tor
     learnt code is right for 67% of the test species' images (100% of the training species'): the projection keeps
     what tells the training species apart. From the part code: 80%. The text side did not follow (72% either
     way), so the generator did not improve (models/README.md, "Tried and not kept")."""
-    state, meta = read_backbone(path)
+    state, meta = read_mean_pooled(path)
     parts = meta.get("parts")
     if not parts:
         raise AttnGANError(f"{path} has no part heads (made by an older `attngan train backbone`); train it again "
@@ -207,3 +254,23 @@ def part_code_projection(path: str | Path, nef: int, seed: int = 0) -> tuple[tor
     rotation = torch.randn(max(nef, heads_w.shape[0]), max(nef, heads_w.shape[0]), generator=gen)
     rotation = torch.linalg.qr(rotation)[0][:nef, : heads_w.shape[0]]  # nef x K, orthonormal rows when K >= nef
     return rotation @ heads_w, rotation @ heads_b
+
+
+def load_detail_reader(path: str | Path, min_accuracy: float | None = None) -> PartHeads:
+    """A backbone file as a whole, its own trunk with its readable heads: the GAN's detail loss
+    (TRAIN.DETAIL_LOSS) reads the largest generated image with it at the file's own size. Trained at 256 px
+    (`attngan train backbone --size 256`), it reads parts the 128 px DAMSM trunk cannot: on the default data, the
+    eye ring the challenge caption names, and the nape."""
+    state, meta = read_backbone(path)
+    parts = readable_parts(path, meta, min_accuracy)
+    pool = meta.get("pool", "mean")
+    reader = PartHeads(parts, int(meta.get("size", 0)), pool)
+    own = {k: v for k, v in state.items() if k.startswith(TRUNK_PREFIXES)}
+    reader.encoder.load_state_dict(own, strict=False)
+    reader.heads.load_state_dict({k[len(HEADS_PREFIX):]: v for k, v in state.items()
+                                  if k.startswith(HEADS_PREFIX) and k[len(HEADS_PREFIX):].split(".")[0] in parts})
+    if pool == "attention":  # the kept parts' rows of the attention conv
+        rows = [list(meta["parts"]).index(p) for p in parts]
+        reader.where.load_state_dict({k[len(WHERE_PREFIX):]: v[rows] for k, v in state.items()
+                                      if k.startswith(WHERE_PREFIX)})
+    return reader

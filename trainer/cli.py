@@ -36,6 +36,10 @@ def register(subparsers: Any) -> None:
     backbone.add_argument("--size", type=int, default=128,
                           help="render size; use the same IMAGE_ENCODER_SIZE in DAMSM and GAN (default 128)")
     backbone.add_argument("--seed", type=int, default=0, help="render and training seed (default 0)")
+    backbone.add_argument("--pool", choices=["mean", "attention"], default="mean",
+                          help="heads on the global code (mean: DAMSM's IMAGE_BACKBONE) or on each part's spatial "
+                          "attention over the trunk's map (attention: a TRAIN.DETAIL_BACKBONE for small parts)")
+    backbone.add_argument("--parts", default="", help="comma-separated parts to learn (default: all)")
     backbone.set_defaults(func=_train_backbone)
     train.set_defaults(func=lambda args: (train.print_help(), 2)[1])
 
@@ -70,7 +74,8 @@ def _train_gan(args: argparse.Namespace) -> int:
 def _train_backbone(args: argparse.Namespace) -> int:
     from trainer.backbone import train_backbone
 
-    meta = train_backbone(args.out, renders=args.renders, epochs=args.epochs, size=args.size, seed=args.seed)
+    meta = train_backbone(args.out, renders=args.renders, epochs=args.epochs, size=args.size, seed=args.seed,
+                          pool=args.pool, parts=[p for p in args.parts.split(",") if p] or None)
     print(f"{args.out}: {100 * meta['held_out_accuracy']:.1f}% of parts right on {meta['held_out_renders']} "
           "held-out renders")
     return 0

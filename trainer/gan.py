@@ -136,8 +136,12 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         text_encoder, image_encoder, vocab = _load_encoders(cfg, init_bundle)
     given_vocab = vocab
     reader = _part_reader(cfg, ckpt, image_encoder)
-    train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True,
-                                 part_values=None if reader is None else reader.parts)
+    detail = _detail_reader(cfg, ckpt)
+    part_values = {**(reader.parts if reader is not None else {}), **(detail.parts if detail is not None else {})}
+    train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True, part_values=part_values or None)
+    columns = {p: i for i, p in enumerate(part_values)}  # each reader's parts as columns of batch.parts
+    reader_cols = None if reader is None else [columns[p] for p in reader.parts]
+    detail_cols = None if detail is None else [columns[p] for p in detail.parts]
     vocab = train_set.vocab
     n_words = text_encoder.encoder.weight.shape[0]
     if len(vocab) != n_words:
@@ -191,15 +195,14 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 d.load_state_dict(load_weights(net_g.parent / f"netD{i}.pth"))
         log.info("resuming the original way from %s (epoch %d)", net_g, start_epoch)
 
-    for net in [text_encoder, image_encoder, netG, *netsD, *([reader] if reader is not None else [])]:
+    readers = [r for r in (reader, detail) if r is not None]
+    for net in [text_encoder, image_encoder, netG, *netsD, *readers]:
         net.to(device)
     if cfg.TRAIN.CHANNELS_LAST:
-        for net in [image_encoder, netG, *netsD]:
+        for net in [image_encoder, netG, *netsD, *([detail] if detail is not None else [])]:
             net.to(memory_format=torch.channels_last)
-    text_encoder.eval().requires_grad_(False)
-    image_encoder.eval().requires_grad_(False)
-    if reader is not None:
-        reader.eval().requires_grad_(False)
+    for net in [text_encoder, image_encoder, *readers]:
+        net.eval().requires_grad_(False)
     frozen = frozen_stages(netG, cfg.TRAIN.FROZEN_STAGES,
                            loaded=ckpt is not None or init_bundle is not None or init_g is not None or bool(cfg.TRAIN.NET_G))
 
@@ -250,7 +253,11 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                          "model_config": mc.to_dict(),
                          "text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict(),
                          **({} if reader is None else {"part_reader": reader.state_dict(),
-                                                       "part_values": reader.parts})},
+                                                       "part_values": reader.parts}),
+                         **({} if detail is None else {"detail_reader": detail.state_dict(),
+                                                       "detail_values": detail.parts,
+                                                       "detail_size": detail.encoder.input_size,
+                                                       "detail_pool": detail.pool})},
                         ckpt_path)
         barrier(info)
 
@@ -309,7 +316,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                     p_loss = 0.0
                     for fake in fakes:
                         features, pooled = image_encoder.features(fake)
-                        p_loss = p_loss + losses.part_loss(reader(pooled), batch.parts)
+                        p_loss = p_loss + losses.part_loss(reader(pooled), batch.parts[:, reader_cols])
                     p_loss = p_loss * (cfg.TRAIN.PART_LOSS / len(fakes))
                     regions, code = image_encoder.project(features, pooled)
             w0, w1, _ = losses.words_loss(regions, words, batch.lengths, batch.class_ids, g.GAMMA1, g.GAMMA2,
@@ -320,6 +327,10 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             total_g = errG + w_loss + s_loss + kl
             if reader is not None:
                 total_g = total_g + p_loss
+            if detail is not None:
+                with autocast(device, run.amp):
+                    d_loss = losses.part_loss(detail(fakes[-1]), batch.parts[:, detail_cols]) * cfg.TRAIN.DETAIL_LOSS
+                total_g = total_g + d_loss
             total_g.backward()
             average_gradients(netG.parameters(), info)
             optG.step()
@@ -334,6 +345,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             values.update(errG=errG.item(), w_loss=w_loss.item(), s_loss=s_loss.item(), kl=kl.item())
             if reader is not None:
                 values["p_loss"] = p_loss.item()
+            if detail is not None:
+                values["d_loss"] = d_loss.item()
             if not math.isfinite(sum(values.values())):
                 raise AttnGANError(f"GAN loss is not finite at step {step}: {values}; lower the learning rates")
             log_step(run, progress, step, values, "gan/train")
@@ -387,6 +400,29 @@ def _part_reader(cfg: Config, ckpt: dict | None, image_encoder):
     reader = load_part_reader(cfg.TRAIN.IMAGE_BACKBONE, image_encoder)
     log.info("part loss x%g: %d parts read by %s", weight, len(reader.parts), cfg.TRAIN.IMAGE_BACKBONE)
     return reader
+
+
+def _detail_reader(cfg: Config, ckpt: dict | None):
+    """TRAIN.DETAIL_LOSS > 0: TRAIN.DETAIL_BACKBONE's own trunk and readable heads, frozen (from the checkpoint
+    when resuming); None when the loss is off."""
+    from trainer.backbone import PartHeads, load_detail_reader
+
+    weight = cfg.TRAIN.DETAIL_LOSS
+    if weight < 0 or not math.isfinite(weight):
+        raise AttnGANError(f"TRAIN.DETAIL_LOSS must be 0 (off) or positive, got {weight}")
+    if not weight:
+        return None
+    if ckpt is not None and "detail_reader" in ckpt:
+        detail = PartHeads(ckpt["detail_values"], int(ckpt["detail_size"]), ckpt.get("detail_pool", "mean"))
+        detail.load_state_dict(ckpt["detail_reader"])
+        return detail
+    if not cfg.TRAIN.DETAIL_BACKBONE:
+        raise AttnGANError("TRAIN.DETAIL_LOSS reads the largest generated image with a backbone trained at its size: "
+                           "set TRAIN.DETAIL_BACKBONE (`attngan train backbone --size 256`)")
+    detail = load_detail_reader(cfg.TRAIN.DETAIL_BACKBONE)
+    log.info("detail loss x%g: %d parts read at %d px by %s (%s)", weight, len(detail.parts),
+             detail.encoder.input_size, cfg.TRAIN.DETAIL_BACKBONE, ", ".join(detail.parts))
+    return detail
 
 
 def load_grown_generator(netG: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

@@ -8,7 +8,10 @@ Runs DAMSM, then the GAN, then exports the bundle. On error writes one line to o
 
 Hyperparameters: config (synth | default | bird | coco; default synth), damsm_config / gan_config (YAML paths),
 gan_grow_config (a GAN config with fewer stages trained first, its generator growing into gan_config's; the
-default preset's is default/gan_64.yml, "" turns it off; gan_set and max_steps apply to both GAN runs),
+default preset's is default/gan_64.yml, "" turns it off; gan_set and max_steps apply to every GAN run),
+gan_detail_config (a GAN config trained last from gan_config's generator with TRAIN.DETAIL_LOSS, over a detail
+backbone trained first at the largest image size with attention pooling, e.g. default/gan_detail.yml; the bundle
+then comes from it; default none),
 damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
 gan_set (KEY=VALUE overrides separated by spaces or commas), nproc_per_node (default: GPUs, or 1),
 image_backbone ("train": pretrain the small image encoder's trunk first, kept in the checkpoint folder; a path:
@@ -37,7 +40,8 @@ PRESETS = {  # DAMSM config, GAN config, and the GAN config of a 64 px stage tra
     "bird": ("DAMSM/bird.yml", "bird_attn2.yml", ""),
     "coco": ("DAMSM/coco.yml", "coco_attn2.yml", ""),
 }
-KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "damsm_epochs", "gan_epochs", "max_steps",
+KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "gan_detail_config", "damsm_epochs",
+         "gan_epochs", "max_steps",
          "set", "damsm_set", "gan_set", "nproc_per_node", "master_port", "image_backbone", "backbone_renders",
          "backbone_epochs"}
 
@@ -54,6 +58,7 @@ class Job:
     damsm_cfg: Path
     gan_cfg: Path
     grow_cfg: Path | None = None  # a fewer-stage GAN trained first; gan_cfg's run starts from its generator
+    detail_cfg: Path | None = None  # a GAN trained last from gan_cfg's generator with TRAIN.DETAIL_LOSS
     damsm_set: list[str] = field(default_factory=list)
     gan_set: list[str] = field(default_factory=list)
     run_damsm: bool = True
@@ -148,6 +153,7 @@ def read_job(env: dict[str, str] | None = None) -> Job:
         damsm_cfg=_cfg_path(hp.get("damsm_config", damsm_default)),
         gan_cfg=_cfg_path(hp.get("gan_config", gan_default)),
         grow_cfg=_cfg_path(grow) if (grow := hp.get("gan_grow_config", grow_default)) else None,
+        detail_cfg=_cfg_path(detail) if (detail := hp.get("gan_detail_config", "")) else None,
         damsm_set=damsm_set, gan_set=gan_set, run_damsm=damsm_epochs != 0,
         nproc=integer("nproc_per_node", max(gpus, 1)) or 1,
         master_port=integer("master_port", 29500) or 29500,
@@ -213,6 +219,21 @@ def _image_backbone(job: Job) -> Path:
     return path
 
 
+def _detail_backbone(job: Job) -> Path:
+    """The detail stage's backbone (TRAIN.DETAIL_BACKBONE): attention-pooled heads on a trunk trained at the
+    largest image size, trained once into the checkpoint folder."""
+    from attngan.config import load_config
+
+    cfg = load_config(str(job.detail_cfg), job.gan_set)
+    size = cfg.TREE.BASE_SIZE * 2 ** (cfg.TREE.BRANCH_NUM - 1)
+    path = job.checkpoint_dir / "detail_backbone.safetensors"
+    if not path.is_file():
+        _run([sys.executable, "-m", "attngan.cli", "train", "backbone", "--out", str(path), "--size", str(size),
+              "--pool", "attention", "--renders", str(job.backbone_renders), "--epochs", str(job.backbone_epochs)],
+             "detail backbone")
+    return path
+
+
 def run_job(job: Job) -> Path | None:
     from trainer.damsm import latest_encoders
 
@@ -235,6 +256,13 @@ def run_job(job: Job) -> Path | None:
         _run(_train_cmd(job, "gan", job.grow_cfg, gan_set, grow_out), "GAN (fewer stages first)")
         grown_from, _ = latest_generator(grow_out)
     _run(_train_cmd(job, "gan", job.gan_cfg, gan_set, gan_out, grown_from), "GAN")
+    if job.detail_cfg is not None:  # details last, from the full generator; the bundle comes from this run
+        from trainer.gan import latest_generator
+
+        detail_set = [*gan_set, f"TRAIN.DETAIL_BACKBONE={_detail_backbone(job)}"]
+        start, _ = latest_generator(gan_out)
+        gan_out = job.checkpoint_dir / "gan_detail"
+        _run(_train_cmd(job, "gan", job.detail_cfg, detail_set, gan_out, start), "GAN (details)")
     if not job.is_leader:
         return None
     from trainer.cli import export_run

@@ -221,34 +221,47 @@ def test_part_loss_pulls_an_image_towards_the_named_values(backbone):
     assert losses.part_loss(logits, torch.full_like(labels, fz.IGNORE)).item() == 0.0  # nothing named
 
 
-def test_part_loss_in_the_gan_travels_in_the_checkpoint_and_checks_its_inputs(birds, backbone, tmp_path,
-                                                                             monkeypatch):
+def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_their_inputs(birds, backbone, tmp_path,
+                                                                                          monkeypatch):
     """TRAIN.PART_LOSS in the GAN: the backbone's part heads read every stage's image against what the caption
-    names (logged as p_loss), travel in the checkpoint, and its misuses are one line each. What it does to a
-    generator at scale is measured in models/README.md."""
+    names (logged as p_loss); TRAIN.DETAIL_LOSS: a backbone file's own trunk and heads read the last stage's image
+    (d_loss). Both travel in the checkpoint, and their misuses are one line each. What they do to a generator at
+    scale is measured in models/README.md."""
+    from trainer.backbone import train_backbone
     from trainer.damsm import latest_encoders, train_damsm
     from trainer.gan import train_gan
 
     path, meta = backbone
     # the tiny test backbone reads no part at the real threshold (90%); keep the heads better than average
     monkeypatch.setattr("trainer.backbone.READER_MIN_ACCURACY", meta["held_out_accuracy"])
+    detail_path = tmp_path / "detail.safetensors"
+    detail_meta = train_backbone(detail_path, renders=768, epochs=4, size=64, seed=5, held_out=300, progress=False,
+                                 pool="attention", parts=["crown", "wing", "belly", "tail", "leg"])
+    assert list(detail_meta["parts"]) == ["crown", "wing", "belly", "tail", "leg"]
+    readable = {p for p, a in detail_meta["held_out_per_part"].items() if a >= meta["held_out_accuracy"]}
+    assert readable, detail_meta
     damsm = train_damsm(load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.MAX_STEPS=4", "IMAGE_ENCODER_SIZE=64",
                                                              f"TRAIN.IMAGE_BACKBONE={path}"]),
                         str(birds), str(tmp_path / "damsm"))
     text, _ = latest_encoders(damsm)
     base = TINY_GAN + ["IMAGE_ENCODER_SIZE=64", f"TRAIN.NET_E={text}", f"TRAIN.IMAGE_BACKBONE={path}",
-                       "TRAIN.PART_LOSS=5", "TRAIN.LOG_INTERVAL=1", "TRAIN.CHECKPOINT_INTERVAL=1000"]
+                       "TRAIN.PART_LOSS=5", "TRAIN.LOG_INTERVAL=1", "TRAIN.CHECKPOINT_INTERVAL=1000",
+                       f"TRAIN.DETAIL_BACKBONE={detail_path}", "TRAIN.DETAIL_LOSS=2"]
     run = train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=40"]), str(birds), str(tmp_path / "gan"))
     rows = [r for r in map(json.loads, (run / "logs" / "metrics.jsonl").read_text().splitlines())
             if r["tag"] == "gan/train"]
-    assert len(rows) == 40 and all(r["p_loss"] > 0 for r in rows)
+    assert len(rows) == 40 and all(r["p_loss"] > 0 and r["d_loss"] > 0 for r in rows)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     kept = {p for p, a in meta["held_out_per_part"].items() if a >= meta["held_out_accuracy"]}
     assert set(ckpt["part_values"]) == kept and 0 < len(kept) < len(meta["parts"])  # weak heads left out
     assert {f"heads.{p}.weight" for p in kept} <= set(ckpt["part_reader"])
+    assert set(ckpt["detail_values"]) == readable and ckpt["detail_size"] == 64
+    assert ckpt["detail_pool"] == "attention" and ckpt["detail_reader"]["where.weight"].shape[0] == len(readable)
+    assert {f"heads.{p}.weight" for p in readable} | {"encoder.trunk.0.0.weight"} <= set(ckpt["detail_reader"])
     # resumes from its checkpoint even when the backbone file has gone
     moved = path.with_name("moved.safetensors")
     path.rename(moved)
+    detail_path.rename(tmp_path / "detail_moved.safetensors")
     try:
         train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44"]), str(birds), str(tmp_path / "gan"))
     finally:
@@ -256,12 +269,13 @@ def test_part_loss_in_the_gan_travels_in_the_checkpoint_and_checks_its_inputs(bi
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 44
 
     other = tmp_path / "other.safetensors"
-    from trainer.backbone import train_backbone
-
     train_backbone(other, renders=64, epochs=1, size=64, seed=9, held_out=8, progress=False)
     for extra, expected in [(["TRAIN.IMAGE_BACKBONE="], "set TRAIN.IMAGE_BACKBONE"),
                             ([f"TRAIN.IMAGE_BACKBONE={other}"], "trunk is not"),
-                            (["TRAIN.PART_LOSS=-1"], "PART_LOSS must be")]:
+                            (["TRAIN.PART_LOSS=-1"], "PART_LOSS must be"),
+                            (["TRAIN.DETAIL_BACKBONE="], "set TRAIN.DETAIL_BACKBONE"),
+                            ([f"TRAIN.IMAGE_BACKBONE={tmp_path / 'detail_moved.safetensors'}"], "goes in TRAIN.DETAIL"),
+                            (["TRAIN.DETAIL_LOSS=-1"], "DETAIL_LOSS must be")]:
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2"] + extra), str(birds), str(tmp_path / "bad"))
 
@@ -318,4 +332,9 @@ def test_bad_backbone_files_are_one_line(birds, tmp_path):
                           "--renders", "10"], capture_output=True, text=True, cwd=REPO, env=subprocess_env(),
                          timeout=120, check=False)
     assert res.returncode != 0 and "--renders must be at least" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    res = subprocess.run([PYTHON, "-m", "attngan.cli", "train", "backbone", "--out", str(tmp_path / "x.safetensors"),
+                          "--pool", "attention", "--parts", "crown,eye_ring"], capture_output=True, text=True,
+                         cwd=REPO, env=subprocess_env(), timeout=120, check=False)
+    assert res.returncode != 0 and "no part 'eye_ring'" in res.stderr and "eyering" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -25,14 +25,15 @@ def _opt_ml(root: Path, birds: Path, hyperparameters: dict[str, str]) -> dict[st
 def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     from attngan.bundle import load_bundle
 
-    # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone, then
-    # the three-stage GAN grown from it; shrunk to seconds
+    # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone, the
+    # three-stage GAN grown from it; then the optional detail stage over a 256 px detail backbone; shrunk to seconds
     common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
-    hp = {"config": "default", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
+    hp = {"config": "default", "gan_detail_config": "default/gan_detail.yml", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
           "damsm_set": "TREE.BRANCH_NUM=1,TRAIN.IMAGE_CODE=parts,TRAIN.TEXT_RENDERS=8,TRAIN.TEXT_RENDER_STEPS=2",
-          # a 64-render backbone reads no part well enough for the part loss (tests/trainer/test_backbone.py has it)
-          "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16,TRAIN.PART_LOSS=0",
+          # a 64-render backbone reads no part well enough for the part or detail loss (test_backbone.py has them)
+          "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16,TRAIN.PART_LOSS=0,"
+                     "TRAIN.DETAIL_LOSS=0",
           "backbone_renders": "64", "backbone_epochs": "1"}
     env = _opt_ml(tmp_path, birds, hp)
     res = subprocess.run([PYTHON, "-m", "trainer.sagemaker"], check=False, env=env, cwd=REPO, capture_output=True, text=True,
@@ -46,7 +47,11 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     backbone = tmp_path / "checkpoints" / "image_backbone.safetensors"
     assert backbone.is_file()  # trained once, found in place by a restarted job
     gan_commands = [line for line in res.stderr.splitlines() if "GAN" in line and "attngan.cli train gan" in line]
-    assert len(gan_commands) == 2 and all(f"TRAIN.IMAGE_BACKBONE={backbone}" in c for c in gan_commands)
+    assert len(gan_commands) == 3 and all(f"TRAIN.IMAGE_BACKBONE={backbone}" in c for c in gan_commands)
+    detail = tmp_path / "checkpoints" / "detail_backbone.safetensors"
+    assert f"TRAIN.DETAIL_BACKBONE={detail}" in gan_commands[2] and "--init-from" in gan_commands[2]
+    assert "--pool attention" in res.stderr and "--size 256" in res.stderr and detail.is_file()
+    assert (tmp_path / "checkpoints" / "gan_detail" / "checkpoint.pt").is_file()  # the bundle's run
     from safetensors.torch import load_file
 
     trunk = {k: v for k, v in load_file(str(backbone)).items() if not k.startswith("heads.")}

@@ -124,23 +124,25 @@ def sample_attributes(rng: np.random.Generator) -> dict[str, str]:
     return a
 
 
-def render_set(n: int, seed: int, size: int = INPUT_SIZE, progress: bool = False, desc: str = "judge: fresh renders"
-               ) -> tuple[torch.Tensor, list[dict[str, str]]]:
-    """`n` fresh real renders (N x 3 x size x size in [-1, 1]) with their attributes, cropped to the bird's
-    box and centre-cropped exactly as the data loader does (deterministic for a seed)."""
+def render_set(n: int, seed: int, size: int = INPUT_SIZE, progress: bool = False, desc: str = "judge: fresh renders",
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    """`n` fresh real renders (N x 3 x size x size in [-1, 1], filled in place: float16 halves the memory of a
+    large set, 3.9 GB for 10,000 at 256 px) with their attributes, cropped to the bird's box and centre-cropped
+    exactly as the data loader does (deterministic for a seed)."""
     from tqdm import tqdm
 
     from trainer.data import synth
     from trainer.data.transforms import crop_to_bbox, image_pyramid
 
     rng = np.random.default_rng([seed, 7])
-    imgs, recs = [], []
-    for _ in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False):
+    images = torch.empty(n, 3, size, size, dtype=dtype)
+    recs = []
+    for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False):
         attrs = sample_attributes(rng)
         img, bbox = synth._render(attrs, 256, rng)
-        imgs.append(image_pyramid(crop_to_bbox(img, bbox), [size], train=False)[0])
+        images[i] = image_pyramid(crop_to_bbox(img, bbox), [size], train=False)[0]
         recs.append(attrs)
-    return (torch.stack(imgs) if imgs else torch.zeros(0, 3, size, size)), recs
+    return images, recs
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -380,14 +380,20 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     return run.out
 
 
+def _loss_weight(cfg: Config, key: str) -> float:
+    """TRAIN.<key>, a loss weight: 0 (off) or positive, else one line."""
+    weight = getattr(cfg.TRAIN, key)
+    if weight < 0 or not math.isfinite(weight):
+        raise AttnGANError(f"TRAIN.{key} must be 0 (off) or positive, got {weight}")
+    return weight
+
+
 def _part_reader(cfg: Config, ckpt: dict | None, image_encoder):
     """TRAIN.PART_LOSS > 0: the frozen part heads over `image_encoder`'s trunk (from the checkpoint when resuming,
     else from TRAIN.IMAGE_BACKBONE, whose trunk must be the encoder's); None when the loss is off."""
     from trainer.backbone import PartReader, load_part_reader
 
-    weight = cfg.TRAIN.PART_LOSS
-    if weight < 0 or not math.isfinite(weight):
-        raise AttnGANError(f"TRAIN.PART_LOSS must be 0 (off) or positive, got {weight}")
+    weight = _loss_weight(cfg, "PART_LOSS")
     if not weight:
         return None
     if ckpt is not None and "part_reader" in ckpt:
@@ -407,9 +413,7 @@ def _detail_reader(cfg: Config, ckpt: dict | None):
     when resuming); None when the loss is off."""
     from trainer.backbone import PartHeads, load_detail_reader
 
-    weight = cfg.TRAIN.DETAIL_LOSS
-    if weight < 0 or not math.isfinite(weight):
-        raise AttnGANError(f"TRAIN.DETAIL_LOSS must be 0 (off) or positive, got {weight}")
+    weight = _loss_weight(cfg, "DETAIL_LOSS")
     if not weight:
         return None
     if ckpt is not None and "detail_reader" in ckpt:

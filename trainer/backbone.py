@@ -10,6 +10,10 @@ that code must hold every part's value. Each render draws every part independent
 not species, and never sees the data set's test species. DAMSM then loads it with `TRAIN.IMAGE_BACKBONE`, keeps
 it frozen, and trains the projections and the text encoder.
 
+`--pool attention` makes the other kind, a detail backbone (`TRAIN.DETAIL_BACKBONE`): its heads read each part
+through the part's own spatial attention over the trunk's map instead of the averaged code, so parts a few pixels
+wide are read too; it has no global code for DAMSM, and DAMSM refuses it.
+
 The file holds the trunk (`trunk.*`, `trunk_global.*`, the ImageEncoder's own names), independent of the
 embedding size, and the part heads (`heads.<part>.*`), with its settings, the heads' value names and per-part
 held-out accuracy in the safetensors metadata. With `TRAIN.IMAGE_CODE parts` DAMSM fixes its global projection
@@ -79,7 +83,8 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
                    held_out: int = 1000, batch_size: int = 64, progress: bool = True, pool: str = "mean",
                    parts: list[str] | None = None) -> dict[str, Any]:
     """Render, train, judge on held-out renders, write `out` (safetensors); returns the metadata written.
-    `pool` "attention" and a few `parts` make a detail backbone (TRAIN.DETAIL_BACKBONE) rather than DAMSM's."""
+    `pool` "attention" makes a detail backbone (TRAIN.DETAIL_BACKBONE) rather than DAMSM's; `parts` limits the
+    heads (all of them teach the trunk best: the small parts alone learnt nothing, models/README.md)."""
     from safetensors.torch import save_file
 
     from trainer.data.synth import ATTRIBUTE_VALUES
@@ -258,9 +263,9 @@ def part_code_projection(path: str | Path, nef: int, seed: int = 0) -> tuple[tor
 
 def load_detail_reader(path: str | Path, min_accuracy: float | None = None) -> PartHeads:
     """A backbone file as a whole, its own trunk with its readable heads: the GAN's detail loss
-    (TRAIN.DETAIL_LOSS) reads the largest generated image with it at the file's own size. Trained at 256 px
-    (`attngan train backbone --size 256`), it reads parts the 128 px DAMSM trunk cannot: on the default data, the
-    eye ring the challenge caption names, and the nape."""
+    (TRAIN.DETAIL_LOSS) reads the largest generated image with it at the file's own size. Trained with
+    `attngan train backbone --size 256 --pool attention`, it reads parts the 128 px DAMSM trunk cannot: the eye
+    ring the challenge caption names on 100% of held-out renders (49%), the nape on 98% (19%)."""
     state, meta = read_backbone(path)
     parts = readable_parts(path, meta, min_accuracy)
     pool = meta.get("pool", "mean")

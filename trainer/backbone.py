@@ -96,8 +96,6 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
         raise AttnGANError(f"--epochs must be at least 1, got {epochs}")
     if size < 64 or size % 16:
         raise AttnGANError(f"--size must be a multiple of 16 from 64, got {size}")
-    if pool not in POOLS:
-        raise AttnGANError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
     unknown = sorted(set(parts or []) - set(ATTRIBUTE_VALUES))
     if unknown:
         raise AttnGANError(f"--parts: no part {unknown[0]!r}; the parts are {', '.join(ATTRIBUTE_VALUES)}")
@@ -215,6 +213,12 @@ def readable_parts(path: str | Path, meta: dict[str, Any], min_accuracy: float |
     return parts
 
 
+def _heads_state(state: dict[str, torch.Tensor], parts: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """The `heads.<part>.*` tensors of a backbone file for `parts`, named as in a ModuleDict of heads."""
+    return {k[len(HEADS_PREFIX):]: v for k, v in state.items()
+            if k.startswith(HEADS_PREFIX) and k[len(HEADS_PREFIX):].split(".")[0] in parts}
+
+
 def load_part_reader(path: str | Path, encoder: ImageEncoder, min_accuracy: float | None = None) -> PartReader:
     """The part heads of a backbone file, for an image encoder whose trunk IS that file's trunk (the heads read
     that trunk's features and nothing else): a DAMSM trained with TRAIN.IMAGE_BACKBONE = `path` keeps it frozen.
@@ -229,8 +233,7 @@ def load_part_reader(path: str | Path, encoder: ImageEncoder, min_accuracy: floa
         raise AttnGANError(f"the image encoder's trunk is not {path}'s: use the backbone its DAMSM was trained on "
                            "(TRAIN.IMAGE_BACKBONE of that DAMSM run)")
     reader = PartReader(parts, encoder.emb_cnn_code.in_features)
-    reader.heads.load_state_dict({k[len(HEADS_PREFIX):]: v for k, v in state.items()
-                                  if k.startswith(HEADS_PREFIX) and k[len(HEADS_PREFIX):].split(".")[0] in parts})
+    reader.heads.load_state_dict(_heads_state(state, parts))
     return reader
 
 
@@ -272,8 +275,7 @@ def load_detail_reader(path: str | Path, min_accuracy: float | None = None) -> P
     reader = PartHeads(parts, int(meta.get("size", 0)), pool)
     own = {k: v for k, v in state.items() if k.startswith(TRUNK_PREFIXES)}
     reader.encoder.load_state_dict(own, strict=False)
-    reader.heads.load_state_dict({k[len(HEADS_PREFIX):]: v for k, v in state.items()
-                                  if k.startswith(HEADS_PREFIX) and k[len(HEADS_PREFIX):].split(".")[0] in parts})
+    reader.heads.load_state_dict(_heads_state(state, parts))
     if pool == "attention":  # the kept parts' rows of the attention conv
         rows = [list(meta["parts"]).index(p) for p in parts]
         reader.where.load_state_dict({k[len(WHERE_PREFIX):]: v[rows] for k, v in state.items()

@@ -29,6 +29,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from attngan.errors import AttnGANError
 
@@ -211,12 +212,8 @@ def _image_backbone(job: Job) -> Path:
     from attngan.config import load_config
 
     cfg = load_config(str(job.damsm_cfg), job.damsm_set)
-    size = cfg.IMAGE_ENCODER_SIZE or cfg.TREE.BASE_SIZE * 2 ** (cfg.TREE.BRANCH_NUM - 1)
-    path = job.checkpoint_dir / "image_backbone.safetensors"
-    if not path.is_file():
-        _run([sys.executable, "-m", "attngan.cli", "train", "backbone", "--out", str(path), "--size", str(size),
-              "--renders", str(job.backbone_renders), "--epochs", str(job.backbone_epochs)], "image backbone")
-    return path
+    return _backbone_once(job, "image_backbone.safetensors", cfg.IMAGE_ENCODER_SIZE or _largest_size(cfg), [],
+                          "image backbone")
 
 
 def _detail_backbone(job: Job) -> Path:
@@ -225,12 +222,20 @@ def _detail_backbone(job: Job) -> Path:
     from attngan.config import load_config
 
     cfg = load_config(str(job.detail_cfg), job.gan_set)
-    size = cfg.TREE.BASE_SIZE * 2 ** (cfg.TREE.BRANCH_NUM - 1)
-    path = job.checkpoint_dir / "detail_backbone.safetensors"
+    return _backbone_once(job, "detail_backbone.safetensors", _largest_size(cfg), ["--pool", "attention"],
+                          "detail backbone")
+
+
+def _largest_size(cfg: Any) -> int:
+    return cfg.TREE.BASE_SIZE * 2 ** (cfg.TREE.BRANCH_NUM - 1)
+
+
+def _backbone_once(job: Job, name: str, size: int, extra: list[str], stage: str) -> Path:
+    """`attngan train backbone` into the checkpoint folder, unless a restarted job finds the file there."""
+    path = job.checkpoint_dir / name
     if not path.is_file():
         _run([sys.executable, "-m", "attngan.cli", "train", "backbone", "--out", str(path), "--size", str(size),
-              "--pool", "attention", "--renders", str(job.backbone_renders), "--epochs", str(job.backbone_epochs)],
-             "detail backbone")
+              *extra, "--renders", str(job.backbone_renders), "--epochs", str(job.backbone_epochs)], stage)
     return path
 
 

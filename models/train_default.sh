@@ -51,7 +51,7 @@ fi
 # 5. evaluation report on the held-out (test-class) captions; redone only for a newer bundle
 if [ ! "$BUNDLE/eval/metrics.json" -nt "$BUNDLE/manifest.json" ]; then
     "${ATTNGAN[@]}" evaluate --bundle "$BUNDLE" --data "$DATA" --out "$BUNDLE/eval" --images "$EVAL_IMAGES" \
-        --logs "$RUNS/default_AttnGAN"
+        --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN"
 fi
 
 # 6. README pictures: docs/default_samples.png and docs/challenge_caption.png, and the first hour's birds (the

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=1000, help="generated images (default 1000; 30000 = paper protocol)")
     p.add_argument("--inception-weights", default="",
                    help="local torchvision-format Inception-v3 weights for FID and IS (without: DAMSM-FID only)")
-    p.add_argument("--logs", default="", help="training run directory with TensorBoard event files, to plot curves")
+    p.add_argument("--logs", action="append", default=[], metavar="RUN",
+                   help="training run directory with TensorBoard event files, to plot curves; repeat it for runs "
+                        "that ran one after another (e.g. the 64 px stage, then the run grown from it)")
     p.add_argument("--batch-size", type=int, default=32, help="generation batch size (default 32)")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda[:N]")
     p.add_argument("--seed", type=int, default=100, help="noise and caption-choice seed (default 100, the original's)")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     opts = EvalOptions(bundle=Path(args.bundle), data=Path(args.data), out=Path(args.out), images=args.images,
-                       inception_weights=args.inception_weights, logs=args.logs, batch_size=args.batch_size,
+                       inception_weights=args.inception_weights, logs=tuple(args.logs), batch_size=args.batch_size,
                        device=args.device, seed=args.seed, faithfulness=args.faithfulness,
                        data_format=args.data_format, samples=args.samples, untrained=not args.no_untrained,
                        classifier_epochs=args.classifier_epochs,

@@ -85,8 +85,35 @@ def read_scalars(logs_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted(v.items()) for tag, v in series.items()}
 
 
-def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Path) -> Path:
-    """One panel per tag group (the part before '/'), one line per tag."""
+def read_runs_scalars(logs_dirs: list[Path]) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, str]]]:
+    """The scalar series of runs that ran one after another (a grown model: the 64 px stage, then all three
+    stages started from it), on one step axis: each run's steps follow the last step of the runs before it.
+    Also returns where each later run starts, (step, run name), to mark on the plot."""
+    joined: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    starts: list[tuple[int, str]] = []
+    offset = 0
+    for i, logs_dir in enumerate(logs_dirs):
+        series = read_scalars(logs_dir)
+        if not series:
+            continue
+        if i:
+            starts.append((offset, _run_name(logs_dir)))
+        for tag, points in series.items():
+            joined[tag] += [(offset + step, value) for step, value in points]
+        offset += max(step for points in series.values() for step, _ in points)
+    return dict(joined), starts
+
+
+def _run_name(logs_dir: Path) -> str:
+    """The training output directory's name, whether --logs named it or its logs/ folder."""
+    path = Path(logs_dir).resolve()
+    return path.parent.name if path.name == "logs" else path.name
+
+
+def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Path,
+                         starts: list[tuple[int, str]] | None = None) -> Path:
+    """One panel per tag group (the part before '/'), one line per tag; a dashed line where each later run
+    of `starts` (from read_runs_scalars) begins."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,6 +130,10 @@ def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Pa
         for tag in sorted(tags):
             steps, values = zip(*series[tag])
             ax.plot(steps, values, label=tag.split("/", 1)[-1], linewidth=1)
+        for step, name in starts or []:
+            ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
+            ax.text(step, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, color="gray",
+                    va="top")
         ax.set_title(group)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ class EvalOptions:
     out: Path
     images: int = 1000
     inception_weights: str = ""
-    logs: str = ""
+    logs: tuple[str, ...] = ()  # training runs in the order they ran (a grown model: stage 1, then stage 2)
     batch_size: int = 32
     device: str = "auto"
     seed: int = 100  # the original's evaluation seed
@@ -116,15 +117,18 @@ def load_test_set(data: Path, bundle: Bundle, data_format: str) -> TestSet:
     return TestSet(ds, caps, toks, rate)
 
 
-def check_logs(logs: str) -> Path | None:
-    if not logs:
-        return None
-    path = Path(logs)
-    if not path.is_dir():
-        raise AttnGANError(f"--logs {logs}: directory not found (give a training output dir or its logs/ folder)")
-    if not any(path.rglob("events.out.tfevents.*")):
-        raise AttnGANError(f"--logs {logs}: no TensorBoard event files under it (expected OUTPUT/logs/events.out.tfevents.*)")
-    return path
+def check_logs(logs: Sequence[str]) -> list[Path]:
+    """Each --logs directory must hold TensorBoard event files; the order given is the order the runs ran."""
+    paths = []
+    for run_dir in logs:
+        path = Path(run_dir)
+        if not path.is_dir():
+            raise AttnGANError(f"--logs {run_dir}: directory not found (give a training output dir or its logs/ folder)")
+        if not any(path.rglob("events.out.tfevents.*")):
+            raise AttnGANError(f"--logs {run_dir}: no TensorBoard event files under it "
+                               "(expected OUTPUT/logs/events.out.tfevents.*)")
+        paths.append(path)
+    return paths
 
 
 def plan_items(ts: TestSet, n: int, seed: int) -> list[tuple[int, int]]:
@@ -478,7 +482,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         raise AttnGANError(f"--batch-size must be positive, got {opts.batch_size}")
     if opts.inception_weights and not Path(opts.inception_weights).is_file():
         raise AttnGANError(f"--inception-weights {opts.inception_weights}: file not found")
-    logs_dir = check_logs(opts.logs)
+    logs_dirs = check_logs(opts.logs)
     device = resolve_device(opts.device)
     bundle = load_bundle(opts.bundle)
     ts = load_test_set(Path(opts.data), bundle, opts.data_format)
@@ -599,13 +603,14 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         rows = sample_pictures(ts, bundle, text_encoder, generator, opts.samples, device, opts.seed)
         save_palette_png(report.sample_grid(rows), opts.out / "samples.png")
         pictures["samples"] = "samples.png"
-    if logs_dir is not None:
-        series = report.read_scalars(logs_dir)
+    if logs_dirs:
+        series, starts = report.read_runs_scalars(logs_dirs)
         if series:
-            report.plot_training_curves(series, opts.out / "training_curves.png")
+            report.plot_training_curves(series, opts.out / "training_curves.png", starts)
             pictures["training_curves"] = "training_curves.png"
         else:
-            pictures["training_curves_skipped"] = f"no scalar series in the event files under {logs_dir}"
+            where = ", ".join(str(p) for p in logs_dirs)
+            pictures["training_curves_skipped"] = f"no scalar series in the event files under {where}"
     metrics["pictures"] = pictures
     metrics["protocol"]["seconds"] = time.perf_counter() - t_start
     report.write_metrics_json(opts.out, metrics)

@@ -20,15 +20,16 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_bundle_dir, capsys):
     from torch.utils.tensorboard import SummaryWriter
 
-    logs = tmp_path / "run" / "logs"
-    w = SummaryWriter(str(logs))
-    for step in range(5):
-        w.add_scalar("gan/errG", 1.0 / (step + 1), step)
-        w.add_scalar("gan/errD0", 0.5, step)
-    w.close()
+    for run in ("stage1", "stage2"):
+        w = SummaryWriter(str(tmp_path / run / "logs"))
+        for step in range(5):
+            w.add_scalar("gan/errG", 1.0 / (step + 1), step)
+            w.add_scalar("gan/errD0", 0.5, step)
+        w.close()
     out = tmp_path / "out"
     code, stdout, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
-                                "--images", "20", "--batch-size", "8", "--samples", "2", "--logs", str(tmp_path / "run"))
+                                "--images", "20", "--batch-size", "8", "--samples", "2",
+                                "--logs", str(tmp_path / "stage1"), "--logs", str(tmp_path / "stage2"))
     assert code == 0, err
     assert "R-precision" in stdout
     m = json.loads((out / "metrics.json").read_text())
@@ -49,6 +50,28 @@ def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_b
     assert "R-precision of the real test images" in report
     for png in ("samples.png", "training_curves.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_runs_that_ran_one_after_another_share_one_step_axis(tmp_path):
+    """A grown model's curves: the second run's steps follow the first's, and where it starts is marked."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from trainer.evaluate import report
+
+    for run, steps in (("default_AttnGAN64", range(0, 101, 25)), ("default_AttnGAN", range(0, 51, 25))):
+        w = SummaryWriter(str(tmp_path / run / "logs"))
+        for step in steps:
+            w.add_scalar("gan/errG", float(step), step)
+            if run == "default_AttnGAN":
+                w.add_scalar("gan/errD2", 1.0, step)  # a tag only the later run has
+        w.close()
+    series, starts = report.read_runs_scalars([tmp_path / "default_AttnGAN64", tmp_path / "default_AttnGAN" / "logs"])
+    assert [s for s, _ in series["gan/errG"]] == [0, 25, 50, 75, 100, 100, 125, 150]
+    assert [v for _, v in series["gan/errG"]][-3:] == [0.0, 25.0, 50.0]
+    assert series["gan/errD2"] == [(100, 1.0), (125, 1.0), (150, 1.0)]
+    assert starts == [(100, "default_AttnGAN")]
+    png = report.plot_training_curves(series, tmp_path / "curves.png", starts)
+    assert png.stat().st_size > 1000
 
 
 def test_missing_bundle_is_one_line_error(tmp_path, tiny_data, capsys):

@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier-epochs", type=int, default=6, help="attribute judge training epochs")
     p.add_argument("--judge-renders", type=int, default=2000,
                    help="fresh synthetic renders added to the attribute classifier's training set (default 2000)")
+    p.add_argument("--judge", default="", metavar="FILE",
+                   help="reuse the attribute judge of another evaluation (its attribute_classifier.safetensors), so "
+                        "two models are scored by the same judge; it must be for the same data and settings")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="generator precision: fp32 (reference) or bf16 autocast (the serving fast path)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                        device=args.device, seed=args.seed, faithfulness=args.faithfulness,
                        data_format=args.data_format, samples=args.samples, untrained=not args.no_untrained,
                        classifier_epochs=args.classifier_epochs,
-                       judge_renders=args.judge_renders, progress=not args.quiet,
+                       judge_renders=args.judge_renders, judge=args.judge, progress=not args.quiet,
                        precision=args.precision)
     metrics = evaluate(opts)
     print(f"{summary_line(metrics)}\nwrote {opts.out / 'metrics.json'}, {opts.out / 'report.md'} "

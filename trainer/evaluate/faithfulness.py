@@ -6,7 +6,8 @@ synthetic renders: the data set's train images plus fresh renders from `trainer.
 part drawn independently (so it cannot lean on species correlations), augmented with the variation a
 generator shows (small shifts and scales, flips, blur, colour noise). It is judged on the data set's
 held-out test renders, so its own accuracy is reported next to its verdicts, and cached in the
-evaluation output directory, keyed by the data set.
+evaluation output directory, keyed by the data set; `--judge FILE` reuses another evaluation's judge, so
+two models are scored by the same one.
 
 A part is "judgeable" only if the judge reads it reliably on real renders it never trained on (a
 validation set of fresh renders): a part it cannot read (today, within a ~3 minute CPU budget: the
@@ -349,6 +350,25 @@ def load_classifier(path: Path) -> CachedClassifier | None:
         return None
     model.eval()
     return CachedClassifier(model, meta)
+
+
+def reuse_classifier(path: Path, out_dir: Path, key: str, parts: dict[str, list[str]]) -> CachedClassifier:
+    """A judge another evaluation trained (its cached file), checked to be for this data set and recipe, and
+    copied into `out_dir` so this report is self-contained. Retraining a judge is not bit-reproducible across
+    machines and thread counts, and a part near the judgeable threshold can flip; one judge makes two models'
+    scores comparable."""
+    import shutil
+
+    judge = load_classifier(path)
+    if judge is None:
+        raise AttnGANError(f"--judge {path}: not an attribute judge file (expected an evaluation's {CACHE_NAME})")
+    if judge.meta.get("key") != key or judge.model.parts != parts:
+        raise AttnGANError(f"--judge {path}: trained for other data or settings (key {judge.meta.get('key')}, "
+                           f"this evaluation needs {key}: same data set, --classifier-epochs and --judge-renders)")
+    dest = Path(out_dir) / CACHE_NAME
+    if not dest.exists() or not dest.samefile(path):
+        shutil.copyfile(path, dest)
+    return judge
 
 
 def get_classifier(out_dir: Path, data_dir: Path, train_images: torch.Tensor, train_labels: torch.Tensor,

@@ -211,7 +211,9 @@ def render_markdown(m: dict[str, Any]) -> str:
               f"{g['n']} named attributes correct; {_pct(g['per_image_all_correct'])} of birds have every named "
               f"attribute right."
               + (f" {_pct(g['swapped'])} of the named attributes got a colour the same caption names for another "
-                 "part (colours drawn, but not bound to their parts)." if "swapped" in g else "")), "",
+                 "part (colours drawn, but not bound to their parts)." if "swapped" in g else "")
+              + (f" The judge is `{f['judge_from']}`'s (`--judge`), so these scores compare with that "
+                 "evaluation's." if f.get("judge_from") else "")), "",
               "| attribute | generated (named in caption) | judge on real renders |", "|---|---|---|"]
         for part in j["held_out"]["per_part"]:
             gen = g["per_part"].get(part)

@@ -55,6 +55,7 @@ class EvalOptions:
     latency_runs: int = 5
     classifier_epochs: int = 6  # ~3 min on 2 busy CPU cores with 2000 renders + 3000 data set images
     judge_renders: int = 2000  # fresh synthetic renders added to the judge's training set
+    judge: str = ""  # an attribute judge from another evaluation, so two models are scored by the same judge
     progress: bool = True
     precision: str = "fp32"  # fp32 (the reference) | bf16 (autocast, the serving fast path), to compare metrics
 
@@ -278,6 +279,10 @@ def faithfulness_inputs(opts: EvalOptions, ts: TestSet, device: torch.device
     attrs = synth.load_attributes(opts.data)
     parts = {p: list(v) for p, v in synth.ATTRIBUTE_VALUES.items()}
     key = faithfulness.fingerprint(opts.data, opts.classifier_epochs, opts.judge_renders)
+    if opts.judge:
+        judge = faithfulness.reuse_classifier(Path(opts.judge), Path(opts.out), key, parts)
+        log.info("attribute judge: %s (copied into %s)", opts.judge, opts.out)
+        return judge, attrs, None
     cached = faithfulness.load_classifier(Path(opts.out) / faithfulness.CACHE_NAME)
     if cached is not None and cached.meta.get("key") == key and cached.model.parts == parts:
         log.info("attribute judge: using the cached one in %s", opts.out)
@@ -482,6 +487,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         raise AttnGANError(f"--batch-size must be positive, got {opts.batch_size}")
     if opts.inception_weights and not Path(opts.inception_weights).is_file():
         raise AttnGANError(f"--inception-weights {opts.inception_weights}: file not found")
+    if opts.judge and not Path(opts.judge).is_file():
+        raise AttnGANError(f"--judge {opts.judge}: file not found (give another evaluation's {faithfulness.CACHE_NAME})")
     logs_dirs = check_logs(opts.logs)
     device = resolve_device(opts.device)
     bundle = load_bundle(opts.bundle)
@@ -594,6 +601,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         res = faithfulness.score(pred, labels, judge.model.parts, judge.judgeable)
         res["captions_without_named_attributes"] = sum(1 for n in named if not n)
         metrics["faithfulness"] = {"judge": judge.meta, "generated": res}
+        if opts.judge:
+            metrics["faithfulness"]["judge_from"] = str(opts.judge)
 
     metrics["quality_bars"] = quality_bars(metrics)
     metrics["complexity"] = measure_complexity(bundle, text_encoder, generator, image_encoder, opts.latency_runs)

@@ -100,6 +100,9 @@ def test_bad_flags_fail_before_work(tmp_path, tiny_data, tiny_bundle_dir, capsys
     code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data),
                            "--out", str(tmp_path / "o"), "--inception-weights", str(tmp_path / "none.pth"))
     assert code == 1 and "file not found" in err
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data),
+                           "--out", str(tmp_path / "o"), "--judge", str(tmp_path / "none.safetensors"))
+    assert code == 1 and err.count("\n") == 1 and "--judge" in err and "file not found" in err
     code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "nodata"),
                            "--out", str(tmp_path / "o"))
     assert code == 1 and "not found" in err

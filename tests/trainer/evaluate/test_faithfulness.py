@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from attngan.errors import AttnGANError
 from trainer.data.synth import ATTRIBUTE_VALUES
 from trainer.evaluate import faithfulness as fa
 
@@ -134,3 +135,18 @@ def test_evaluate_trains_judges_and_caches_the_judge_at_128px(tmp_path):
     again, _, _ = faithfulness_inputs(opts, ts, torch.device("cpu"))
     assert again.meta["key"] == meta["key"] and again.meta["train_seconds"] == meta["train_seconds"]
     assert again.meta["judgeable"] == meta["judgeable"]
+    # --judge: another evaluation's judge scores this one (copied in, not retrained); one for other settings,
+    # or a file that is not a judge, is a clear error
+    other = EvalOptions(bundle=tmp_path / "b", data=data, out=tmp_path / "o2", classifier_epochs=1, judge_renders=48,
+                        progress=False, judge=str(opts.out / fa.CACHE_NAME))
+    other.out.mkdir()
+    reused, _, _ = faithfulness_inputs(other, ts, torch.device("cpu"))
+    assert reused.meta["train_seconds"] == meta["train_seconds"] and reused.judgeable == meta["judgeable"]
+    assert (other.out / fa.CACHE_NAME).read_bytes() == (opts.out / fa.CACHE_NAME).read_bytes()
+    other.judge_renders = 96
+    with pytest.raises(AttnGANError, match="trained for other data or settings"):
+        faithfulness_inputs(other, ts, torch.device("cpu"))
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    other.judge = str(tmp_path / "junk.safetensors")
+    with pytest.raises(AttnGANError, match="not an attribute judge file"):
+        faithfulness_inputs(other, ts, torch.device("cpu"))

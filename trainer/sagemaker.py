@@ -9,6 +9,8 @@ Runs DAMSM, then the GAN, then exports the bundle. On error writes one line to o
 Hyperparameters: config (synth | default | bird | coco; default synth), damsm_config / gan_config (YAML paths),
 gan_grow_config (a GAN config with fewer stages trained first, its generator growing into gan_config's; the
 default preset's is default/gan_64.yml, "" turns it off; gan_set and max_steps apply to every GAN run),
+gan_grow_restart_steps (after gan_grow_config's run, run it again this many steps from its EMA generator with
+fresh optimizers, and grow gan_config's generator from that; 1500 for config=default, else 0; capped by max_steps),
 gan_detail_config (a GAN config trained last from gan_config's generator with TRAIN.DETAIL_LOSS, over a detail
 backbone trained first at the largest image size with attention pooling, e.g. default/gan_detail.yml; the bundle
 then comes from it; default none),
@@ -42,7 +44,7 @@ PRESETS = {  # DAMSM config, GAN config, and the GAN config of a 64 px stage tra
     "coco": ("DAMSM/coco.yml", "coco_attn2.yml", ""),
 }
 KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "gan_detail_config", "damsm_epochs",
-         "gan_epochs", "max_steps",
+         "gan_epochs", "max_steps", "gan_grow_restart_steps",
          "set", "damsm_set", "gan_set", "nproc_per_node", "master_port", "image_backbone", "backbone_renders",
          "backbone_epochs"}
 
@@ -59,6 +61,7 @@ class Job:
     damsm_cfg: Path
     gan_cfg: Path
     grow_cfg: Path | None = None  # a fewer-stage GAN trained first; gan_cfg's run starts from its generator
+    grow_restart_steps: int = 0  # then grow_cfg again from its EMA generator, fresh optimizers, this many steps
     detail_cfg: Path | None = None  # a GAN trained last from gan_cfg's generator with TRAIN.DETAIL_LOSS
     damsm_set: list[str] = field(default_factory=list)
     gan_set: list[str] = field(default_factory=list)
@@ -134,6 +137,11 @@ def read_job(env: dict[str, str] | None = None) -> Job:
     if max_steps is not None:
         damsm_set.append(f"TRAIN.MAX_STEPS={max_steps}")
         gan_set.append(f"TRAIN.MAX_STEPS={max_steps}")
+    restart_steps = integer("gan_grow_restart_steps", 1500 if preset == "default" else 0) or 0
+    if restart_steps < 0:
+        raise AttnGANError(f"hyperparameter gan_grow_restart_steps={restart_steps} must not be negative")
+    if max_steps is not None:
+        restart_steps = min(restart_steps, max_steps)
     try:
         hosts = json.loads(env.get("SM_HOSTS", '["algo-1"]'))
     except json.JSONDecodeError:
@@ -154,6 +162,7 @@ def read_job(env: dict[str, str] | None = None) -> Job:
         damsm_cfg=_cfg_path(hp.get("damsm_config", damsm_default)),
         gan_cfg=_cfg_path(hp.get("gan_config", gan_default)),
         grow_cfg=_cfg_path(grow) if (grow := hp.get("gan_grow_config", grow_default)) else None,
+        grow_restart_steps=restart_steps,
         detail_cfg=_cfg_path(detail) if (detail := hp.get("gan_detail_config", "")) else None,
         damsm_set=damsm_set, gan_set=gan_set, run_damsm=damsm_epochs != 0,
         nproc=integer("nproc_per_node", max(gpus, 1)) or 1,
@@ -260,6 +269,12 @@ def run_job(job: Job) -> Path | None:
         grow_out = job.checkpoint_dir / "gan_grow"
         _run(_train_cmd(job, "gan", job.grow_cfg, gan_set, grow_out), "GAN (fewer stages first)")
         grown_from, _ = latest_generator(grow_out)
+        if job.grow_restart_steps:  # its EMA generator as the live one, fresh Adam moments (models/README.md)
+            restart_out = job.checkpoint_dir / "gan_grow_restart"
+            restart_set = [*gan_set, f"TRAIN.MAX_STEPS={job.grow_restart_steps}"]
+            _run(_train_cmd(job, "gan", job.grow_cfg, restart_set, restart_out, grown_from),
+                 "GAN (fewer stages, restarted from its EMA generator)")
+            grown_from, _ = latest_generator(restart_out)
     _run(_train_cmd(job, "gan", job.gan_cfg, gan_set, gan_out, grown_from), "GAN")
     if job.detail_cfg is not None:  # details last, from the full generator; the bundle comes from this run
         from trainer.gan import latest_generator

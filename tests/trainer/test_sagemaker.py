@@ -26,7 +26,8 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     from attngan.bundle import load_bundle
 
     # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone, the
-    # three-stage GAN grown from it; then the optional detail stage over a 256 px detail backbone; shrunk to seconds
+    # 64 px stage restarted from its EMA generator, the three-stage GAN grown from that; then the optional detail
+    # stage over a 256 px detail backbone; shrunk to seconds
     common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
     hp = {"config": "default", "gan_detail_config": "default/gan_detail.yml", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
@@ -47,9 +48,13 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     backbone = tmp_path / "checkpoints" / "image_backbone.safetensors"
     assert backbone.is_file()  # trained once, found in place by a restarted job
     gan_commands = [line for line in res.stderr.splitlines() if "GAN" in line and "attngan.cli train gan" in line]
-    assert len(gan_commands) == 3 and all(f"TRAIN.IMAGE_BACKBONE={backbone}" in c for c in gan_commands)
+    assert len(gan_commands) == 4 and all(f"TRAIN.IMAGE_BACKBONE={backbone}" in c for c in gan_commands)
+    restart, grown = tmp_path / "checkpoints" / "gan_grow_restart", gan_commands[2]
+    assert f"--init-from {tmp_path / 'checkpoints' / 'gan_grow' / 'Model'}" in gan_commands[1]
+    assert gan_commands[1].endswith("TRAIN.MAX_STEPS=3")  # the restart's 1,500 steps, capped by max_steps
+    assert f"--init-from {restart / 'Model'}" in grown and (restart / "checkpoint.pt").is_file()
     detail = tmp_path / "checkpoints" / "detail_backbone.safetensors"
-    assert f"TRAIN.DETAIL_BACKBONE={detail}" in gan_commands[2] and "--init-from" in gan_commands[2]
+    assert f"TRAIN.DETAIL_BACKBONE={detail}" in gan_commands[3] and "--init-from" in gan_commands[3]
     assert "--pool attention" in res.stderr and "--size 256" in res.stderr and detail.is_file()
     assert (tmp_path / "checkpoints" / "gan_detail" / "checkpoint.pt").is_file()  # the bundle's run
     from safetensors.torch import load_file

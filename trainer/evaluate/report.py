@@ -88,32 +88,31 @@ def read_scalars(logs_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def read_runs_scalars(logs_dirs: list[Path]) -> tuple[dict[str, list[tuple[int, float]]], list[tuple[int, str]]]:
     """The scalar series of runs that ran one after another (a grown model: the 64 px stage, then all three
     stages started from it), on one step axis: each run's steps follow the last step of the runs before it.
-    Also returns where each later run starts, (step, run name), to mark on the plot."""
+    Also returns where each run starts, (step, run name), to mark on the plot."""
     joined: dict[str, list[tuple[int, float]]] = defaultdict(list)
     starts: list[tuple[int, str]] = []
     offset = 0
-    for i, logs_dir in enumerate(logs_dirs):
+    for logs_dir in logs_dirs:
         series = read_scalars(logs_dir)
         if not series:
             continue
-        if i:
-            starts.append((offset, _run_name(logs_dir)))
+        starts.append((offset, run_name(logs_dir)))
         for tag, points in series.items():
             joined[tag] += [(offset + step, value) for step, value in points]
         offset += max(step for points in series.values() for step, _ in points)
     return dict(joined), starts
 
 
-def _run_name(logs_dir: Path) -> str:
-    """The training output directory's name, whether --logs named it or its logs/ folder."""
-    path = Path(logs_dir).resolve()
+def run_name(path: str | Path) -> str:
+    """A training output directory's name, whether a path names it or its logs/ folder."""
+    path = Path(path).resolve()
     return path.parent.name if path.name == "logs" else path.name
 
 
 def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Path,
-                         starts: list[tuple[int, str]] | None = None) -> Path:
-    """One panel per tag group (the part before '/'), one line per tag; a dashed line where each later run
-    of `starts` (from read_runs_scalars) begins."""
+                         starts: list[tuple[int, str]] | None = None, bundle_step: int | None = None) -> Path:
+    """One panel per tag group (the part before '/'), one line per tag; where each run of `starts` (from
+    read_runs_scalars) begins, a dashed line and its name, and the step the bundle was taken at, a solid one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,20 +124,25 @@ def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Pa
     n = len(groups)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    width = 5 if n > 1 else 9  # one panel (all tags in one group) gets the page's width
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.6 * rows), squeeze=False)
     for ax, (group, tags) in zip(axes.flat, sorted(groups.items())):
         for tag in sorted(tags):
             steps, values = zip(*series[tag])
             ax.plot(steps, values, label=tag.split("/", 1)[-1], linewidth=1)
-        for step, name in starts or []:
+        for step, name in starts if starts and len(starts) > 1 else []:  # one run: nothing to mark
             ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
-            ax.text(step, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, color="gray",
-                    va="top")
+            ax.text(step, 0.98, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, color="dimgray",
+                    rotation=90, va="top", ha="right")
+        if bundle_step is not None:
+            ax.axvline(bundle_step, color="black", linewidth=1)
+            ax.text(bundle_step, 0.98, " bundle", transform=ax.get_xaxis_transform(), fontsize=7, rotation=90,
+                    va="top", ha="right")
         ax.set_title(group)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if len(tags) > 1:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()

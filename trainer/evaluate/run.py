@@ -132,6 +132,15 @@ def check_logs(logs: Sequence[str]) -> list[Path]:
     return paths
 
 
+def bundle_step(bundle: Bundle, logs_dirs: list[Path], starts: list[tuple[int, str]]) -> int | None:
+    """Where on the curves' step axis the bundle was exported: its run's start plus its training steps, when
+    the last --logs run is the one the bundle came from (a run may go on past the exported snapshot)."""
+    training = bundle.manifest.get("training") or {}
+    steps, source = training.get("steps"), training.get("source_run")
+    if not (isinstance(steps, int) and source and starts and report.run_name(logs_dirs[-1]) == report.run_name(source)):
+        return None
+    return starts[-1][0] + steps
+
 def plan_items(ts: TestSet, n: int, seed: int) -> list[tuple[int, int]]:
     """DM-GAN's loop: passes over the test split, one random caption per image per pass, until n items."""
     rng = np.random.default_rng(seed)
@@ -615,7 +624,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     if logs_dirs:
         series, starts = report.read_runs_scalars(logs_dirs)
         if series:
-            report.plot_training_curves(series, opts.out / "training_curves.png", starts)
+            report.plot_training_curves(series, opts.out / "training_curves.png", starts,
+                                        bundle_step(bundle, logs_dirs, starts))
             pictures["training_curves"] = "training_curves.png"
         else:
             where = ", ".join(str(p) for p in logs_dirs)

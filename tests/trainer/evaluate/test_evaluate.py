@@ -54,9 +54,12 @@ def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_b
 
 def test_runs_that_ran_one_after_another_share_one_step_axis(tmp_path):
     """A grown model's curves: the second run's steps follow the first's, and where it starts is marked."""
+    from types import SimpleNamespace
+
     from torch.utils.tensorboard import SummaryWriter
 
     from trainer.evaluate import report
+    from trainer.evaluate.run import bundle_step
 
     for run, steps in (("default_AttnGAN64", range(0, 101, 25)), ("default_AttnGAN", range(0, 51, 25))):
         w = SummaryWriter(str(tmp_path / run / "logs"))
@@ -69,8 +72,13 @@ def test_runs_that_ran_one_after_another_share_one_step_axis(tmp_path):
     assert [s for s, _ in series["gan/errG"]] == [0, 25, 50, 75, 100, 100, 125, 150]
     assert [v for _, v in series["gan/errG"]][-3:] == [0.0, 25.0, 50.0]
     assert series["gan/errD2"] == [(100, 1.0), (125, 1.0), (150, 1.0)]
-    assert starts == [(100, "default_AttnGAN")]
-    png = report.plot_training_curves(series, tmp_path / "curves.png", starts)
+    assert starts == [(0, "default_AttnGAN64"), (100, "default_AttnGAN")]
+    # the bundle was exported at step 25 of the last run, which went on to step 50
+    bundle = SimpleNamespace(manifest={"training": {"steps": 25, "source_run": "output/default_AttnGAN"}})
+    runs = [tmp_path / "default_AttnGAN64", tmp_path / "default_AttnGAN" / "logs"]
+    assert bundle_step(bundle, runs, starts) == 125
+    assert bundle_step(bundle, runs[:1], starts[:1]) is None  # its run not given: not marked
+    png = report.plot_training_curves(series, tmp_path / "curves.png", starts, bundle_step=125)
     assert png.stat().st_size > 1000
 
 

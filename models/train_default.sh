@@ -2,7 +2,7 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h of training in all, the
+# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h 15 min of training in all, the
 # first hour ending near step 5,000 of the 64 px GAN stage (models/README.md has each step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -318,6 +318,10 @@ class CachedClassifier:
     def judgeable(self) -> list[str]:
         return list(self.meta.get("judgeable", list(self.model.parts)))
 
+    def fits(self, key: str, parts: dict[str, list[str]]) -> bool:
+        """Trained for this data set and settings (`fingerprint`) with these parts' values."""
+        return self.meta.get("key") == key and self.model.parts == parts
+
 
 def fingerprint(data_dir: str | Path, epochs: int, n_render: int) -> str:
     """The cache key: the data set's attributes, the training recipe and this module's version."""
@@ -362,7 +366,7 @@ def reuse_classifier(path: Path, out_dir: Path, key: str, parts: dict[str, list[
     judge = load_classifier(path)
     if judge is None:
         raise AttnGANError(f"--judge {path}: not an attribute judge file (expected an evaluation's {CACHE_NAME})")
-    if judge.meta.get("key") != key or judge.model.parts != parts:
+    if not judge.fits(key, parts):
         raise AttnGANError(f"--judge {path}: trained for other data or settings (key {judge.meta.get('key')}, "
                            f"this evaluation needs {key}: same data set, --classifier-epochs and --judge-renders)")
     dest = Path(out_dir) / CACHE_NAME
@@ -380,7 +384,7 @@ def get_classifier(out_dir: Path, data_dir: Path, train_images: torch.Tensor, tr
     validation renders when given), judge it on held-out renders, and cache it."""
     path = Path(out_dir) / CACHE_NAME
     cached = load_classifier(path)
-    if cached is not None and cached.meta.get("key") == key and cached.model.parts == parts:
+    if cached is not None and cached.fits(key, parts):
         log.info("attribute classifier: using cache %s", path)
         cached.model.to(device)
         return cached

@@ -126,18 +126,17 @@ def plot_training_curves(series: dict[str, list[tuple[int, float]]], out_png: Pa
     rows = math.ceil(n / cols)
     width = 5 if n > 1 else 9  # one panel (all tags in one group) gets the page's width
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 3.6 * rows), squeeze=False)
+    marks = [(step, name, "dimgray", "--") for step, name in starts or []] if len(starts or []) > 1 else []
+    if bundle_step is not None:
+        marks.append((bundle_step, "bundle", "black", "-"))
     for ax, (group, tags) in zip(axes.flat, sorted(groups.items())):
         for tag in sorted(tags):
             steps, values = zip(*series[tag])
             ax.plot(steps, values, label=tag.split("/", 1)[-1], linewidth=1)
-        for step, name in starts if starts and len(starts) > 1 else []:  # one run: nothing to mark
-            ax.axvline(step, color="gray", linestyle="--", linewidth=0.8)
-            ax.text(step, 0.98, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, color="dimgray",
+        for step, label, color, style in marks:  # a vertical line with its label written along it
+            ax.axvline(step, color=color, linestyle=style, linewidth=0.8)
+            ax.text(step, 0.98, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7, color=color,
                     rotation=90, va="top", ha="right")
-        if bundle_step is not None:
-            ax.axvline(bundle_step, color="black", linewidth=1)
-            ax.text(bundle_step, 0.98, " bundle", transform=ax.get_xaxis_transform(), fontsize=7, rotation=90,
-                    va="top", ha="right")
         ax.set_title(group)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -141,6 +141,7 @@ def bundle_step(bundle: Bundle, logs_dirs: list[Path], starts: list[tuple[int, s
         return None
     return starts[-1][0] + steps
 
+
 def plan_items(ts: TestSet, n: int, seed: int) -> list[tuple[int, int]]:
     """DM-GAN's loop: passes over the test split, one random caption per image per pass, until n items."""
     rng = np.random.default_rng(seed)
@@ -293,7 +294,7 @@ def faithfulness_inputs(opts: EvalOptions, ts: TestSet, device: torch.device
         log.info("attribute judge: %s (copied into %s)", opts.judge, opts.out)
         return judge, attrs, None
     cached = faithfulness.load_classifier(Path(opts.out) / faithfulness.CACHE_NAME)
-    if cached is not None and cached.meta.get("key") == key and cached.model.parts == parts:
+    if cached is not None and cached.fits(key, parts):
         log.info("attribute judge: using the cached one in %s", opts.out)
         return cached, attrs, None  # no need to load the renders again
     train_imgs, train_labels = judge_training_set(opts, attrs, parts)

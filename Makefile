@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test serve synth lint bench train-default clean
+.PHONY: setup test serve synth lint bench train-default first-hour clean
 
 setup: $(STAMP)
 
@@ -33,10 +33,13 @@ lint: setup  # also a test (tests/test_lint.py)
 	$(VENV)/bin/ruff check attngan trainer service infra tests bench models
 
 bench: setup
-	$(PY) bench/generate.py && $(PY) bench/serve.py && $(PY) bench/train.py
+	$(PY) bench/generate.py && $(PY) bench/serve.py && $(PY) bench/train.py && $(PY) bench/losses.py
 
 train-default: setup
 	bash models/train_default.sh
+
+first-hour: setup
+	bash models/first_hour.sh
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .pytest_cache

@@ -5,10 +5,12 @@ The steps are the trainer's (trainer/damsm.py and trainer/gan.py: the same netwo
 synthetic batches, so data loading is not in the timing. Loader throughput is measured separately
 against the step rate ("does data loading keep up").
 
-Fast path: bf16 autocast + channels-last + fused Adam (the trainer's TRAIN.AMP / TRAIN.CHANNELS_LAST).
+Fast path: bf16 autocast + channels-last + fused Adam (the trainer's TRAIN.AMP / TRAIN.CHANNELS_LAST). On CPU the
+trainer keeps the generator NCHW (its BatchNorm backward is slow with channels-last inputs and the NCHW gradients
+F.glu gives it), so the GAN is measured both ways: every net channels-last, and the trainer's CPU layout.
 
-    python bench/train.py                       # synth config and bird config; writes docs/benchmarks.md
-    python bench/train.py --configs synth --no-write
+    python bench/train.py                       # synth, default and bird configs; writes docs/benchmarks.md
+    python bench/train.py --configs default,default64 --no-write
 """
 
 from __future__ import annotations
@@ -26,27 +28,36 @@ import torch
 from _common import ROOT, describe, machine, matmul_peak, md_table, ratio, time_call, today, write_section
 from torch.utils.flop_counter import FlopCounterMode
 
-CONFIGS = {"synth": ROOT / "trainer/cfg/synth", "bird": ROOT / "trainer/cfg"}
+CFG = ROOT / "trainer/cfg"
+CONFIGS = {  # name: (DAMSM config, GAN config)
+    "synth": (CFG / "synth/damsm.yml", CFG / "synth/gan.yml"),
+    "default": (CFG / "default/damsm.yml", CFG / "default/gan.yml"),  # the default model's three-stage GAN
+    "default64": (CFG / "default/damsm.yml", CFG / "default/gan_64.yml"),  # ... and its 64 px stage 1
+    "bird": (CFG / "DAMSM/bird.yml", CFG / "bird_attn2.yml"),
+}
 
 
 @dataclass
 class Setting:
     name: str
     bf16: bool
-    channels_last: bool
+    channels_last: bool  # the image encoder and discriminators (and the generator unless generator_nchw)
     fused: bool
+    generator_nchw: bool = False  # GAN only
 
 
 SETTINGS = [Setting("fp32 (baseline)", False, False, False),
-            Setting("bf16 + channels-last + fused Adam", True, True, True)]
+            Setting("bf16 + channels-last + fused Adam", True, True, True),
+            Setting("bf16 + channels-last, G NCHW + fused Adam", True, True, True, generator_nchw=True)]
 
 
 def load_cfgs(name: str):
     from attngan.config import load_config
 
-    if name == "synth":
-        return load_config(CONFIGS["synth"] / "damsm.yml"), load_config(CONFIGS["synth"] / "gan.yml")
-    return load_config(CONFIGS["bird"] / "DAMSM/bird.yml"), load_config(CONFIGS["bird"] / "bird_attn2.yml")
+    if name not in CONFIGS:
+        raise SystemExit(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
+    damsm, gan = CONFIGS[name]
+    return load_config(damsm), load_config(gan)
 
 
 def fake_batch(cfg, n_words: int, batch: int, sizes: list[int], device: str, seed: int = 0):
@@ -124,7 +135,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         d.apply(init_weights)
     nets = [netG.to(device), *[d.to(device) for d in netsD]]
     if s.channels_last:
-        for n in [image, *nets]:
+        for n in [image, *(nets[1:] if s.generator_nchw else nets)]:
             n.to(memory_format=torch.channels_last)
     optG = adam(netG.parameters(), cfg.TRAIN.GENERATOR_LR, s.fused)
     optsD = [adam(d.parameters(), cfg.TRAIN.DISCRIMINATOR_LR, s.fused) for d in netsD]
@@ -184,10 +195,10 @@ def loader_rate(cfg, data_dir: Path, batch: int, seconds: float) -> float | None
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--configs", default="synth,bird", help="comma list of synth, bird")
+    p.add_argument("--configs", default="synth,default64,default,bird", help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--batch", type=int, default=0,
-                   help="batch size for every config (default: the config's own on GPU; on CPU synth's own and 2 for "
-                        "bird, whose 256 px discriminators take tens of seconds per step at batch 20 on 2 cores)")
+                   help="batch size for every config (default: the config's own, except 2 for bird on CPU, "
+                        "whose 256 px discriminators take tens of seconds per step at batch 20 on 2 cores)")
     p.add_argument("--seconds", type=float, default=0, help="time per measurement (default 3 on CPU, 2 on GPU)")
     p.add_argument("--n-words", type=int, default=0, help="vocabulary size (default: 5450 bird, 400 synth)")
     p.add_argument("--data", default="", help="a data set to measure loader throughput on (default: none)")
@@ -205,14 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {describe(mach)}", flush=True)
     t_start = time.perf_counter()
     rows, notes = [], []
+    measured_damsm: set[Path] = set()
     peaks: dict[str, float] = {}  # measured matmul FLOP/s per dtype: this machine's practical ceiling
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         damsm_cfg, gan_cfg = load_cfgs(name)
         n_words = args.n_words or (5450 if name == "bird" else 400)
-        for kind, cfg, fn in (("DAMSM", damsm_cfg, damsm_step_fn), ("GAN", gan_cfg, gan_step_fn)):
-            batch = args.batch or (cfg.TRAIN.BATCH_SIZE if gpu or name == "synth" else 2)
+        stages = [("GAN", gan_cfg, gan_step_fn)]
+        if CONFIGS[name][0] not in measured_damsm:  # default64 shares default's DAMSM
+            measured_damsm.add(CONFIGS[name][0])
+            stages.insert(0, ("DAMSM", damsm_cfg, damsm_step_fn))
+        for kind, cfg, fn in stages:
+            batch = args.batch or (cfg.TRAIN.BATCH_SIZE if gpu or name != "bird" else 2)
             base = None
             for s in SETTINGS:
+                if kind == "DAMSM" and s.generator_nchw:
+                    continue  # no generator in a DAMSM step
                 try:
                     torch.manual_seed(0)
                     step = fn(cfg, s, device, batch, n_words)
@@ -249,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     body = f"""Measured {today()} with `python bench/train.py --configs {args.configs}` ({wall:.0f} s).
 Machine: {describe(mach)}. One optimizer iteration = the trainer's step (DAMSM: both encoders, word + sentence
 losses, clip, Adam; GAN: G forward, every D's update, G's update with the DAMSM losses and KL, EMA) on synthetic
-batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (bird) / 400 (synth)'} words.
+batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (bird) / 400 (synthetic birds)'} words.
 FLOPs per iteration are counted with `torch.utils.flop_counter` over one step (matmuls and convolutions, forward
 and backward); the peak is a large square matmul measured in the same run, the practical ceiling of this machine.
+`default64` is the default model's 64 px stage 1 (`trainer/cfg/default/gan_64.yml`), `default` its three-stage
+stage 2. "G NCHW" is what the trainer does on CPU: the generator stays in the NCHW layout while the image encoder
+and discriminators are channels-last, because with channels-last inputs its BatchNorms get NCHW gradients from
+F.glu, and that mixed-format backward is several times slower than either layout alone on CPU.
 
 {table}
 """

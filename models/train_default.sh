@@ -2,8 +2,10 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h 15 min of training in all, the
-# first hour ending near step 5,000 of the 64 px GAN stage (models/README.md has each step's time).
+# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h 15 min of training in all with
+# the trainer the shipped model was trained with; the faster trainer of 2026-12-03 evening ends the first hour
+# near step 9,600 of the 64 px GAN stage instead of 5,000 (models/first_hour.sh times it; models/README.md has
+# each step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,12 +62,6 @@ if [ ! "$BUNDLE/eval/metrics.json" -nt "$BUNDLE/manifest.json" ]; then
         --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN64_restart" --logs "$RUNS/default_AttnGAN"
 fi
 
-# 6. README pictures: docs/default_samples.png and docs/challenge_caption.png, and the first hour's birds (the
-#    64 px stage's generator at the end of the first hour, exported on its own) in docs/first_hour_samples.png
+# 6. README pictures: docs/default_samples.png and docs/challenge_caption.png (the first hour's birds,
+#    docs/first_hour_samples.png, come from a timed run of their own: models/first_hour.sh)
 "$PY" models/make_pictures.py --bundle "$BUNDLE" --docs docs
-FIRST_HOUR_EPOCH=53  # stage 1 snapshot after 54 epochs of 93 steps = step 5,022, where the first hour ends
-"${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN64" --epoch "$FIRST_HOUR_EPOCH" --out "$RUNS/default_64px_bundle" \
-    --half
-"$PY" models/make_pictures.py --bundle "$RUNS/default_64px_bundle" --grid docs/first_hour_samples.png \
-    --title "the first hour: the 64 px GAN stage (64 px images shown at 128 px), seeds 100-103"
-

@@ -72,13 +72,52 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def idle_cores(cap: int | None = None, own_threads: int = 0) -> int:
-    """How many intra-op threads to use on CPU: the cores other processes leave idle (1-minute load average),
-    at most `cap` (OMP_NUM_THREADS when set, else the cores this process may run on), at least 1.
+@dataclass(frozen=True)
+class CpuSample:
+    """A reading of the machine's busy CPU time and this process's own, to tell how busy the others keep it."""
 
+    wall: float
+    busy: float  # seconds of CPU the whole machine spent busy (all but idle and iowait), /proc/stat
+    own: float  # seconds of CPU this process (all its threads) used
+
+    @classmethod
+    def now(cls) -> CpuSample | None:
+        """None where there is no /proc/stat (not Linux)."""
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:8]]
+            busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+        return cls(time.monotonic(), busy, time.process_time())
+
+    def others_since(self, earlier: CpuSample) -> float:
+        """Cores kept busy by other processes between `earlier` and this reading."""
+        span = max(self.wall - earlier.wall, 1e-3)
+        return max(0.0, (self.busy - earlier.busy) - (self.own - earlier.own)) / span
+
+
+def others_busy_now(window: float = 0.2) -> float | None:
+    """Cores other processes keep busy over the next `window` seconds (None without /proc/stat)."""
+    first = CpuSample.now()
+    if first is None:
+        return None
+    time.sleep(window)
+    last = CpuSample.now()
+    return None if last is None else last.others_since(first)
+
+
+def idle_cores(cap: int | None = None, own_threads: int = 0, others_now: float | None = None) -> int:
+    """How many intra-op threads to use on CPU: the cores other processes leave idle, at most `cap`
+    (OMP_NUM_THREADS when set, else the cores this process may run on), at least 1.
+
+    The others' load is the 1-minute load average less `own_threads` (this process's share, when it is already
+    running), or `others_now` (cores they kept busy over the last moments, `CpuSample`) when that is lower: the
+    load average lags by about a minute, so a stage started right after another one ended would otherwise see the
+    finished stage's load and start on one core.
     OpenMP threads wait for each other at every op; when another process holds one of them, the op waits for the
     scheduler, and small ops get ~100x slower (a 256 px GAN step: 21 s with 2 threads vs 4.9 s with 1 on a 2-core
-    machine with load 6). `own_threads` is this process's share of the load, when it is already running.
+    machine with load 6).
     """
     cores = usable_cores()
     env = os.environ.get("OMP_NUM_THREADS", "")
@@ -87,6 +126,8 @@ def idle_cores(cap: int | None = None, own_threads: int = 0) -> int:
         others = max(0.0, os.getloadavg()[0] - own_threads)
     except OSError:  # no load average on this platform
         others = 0.0
+    if others_now is not None:
+        others = min(others, others_now)
     return max(1, min(limit, cores - int(others + 0.5)))
 
 
@@ -101,8 +142,10 @@ class CpuThreads:
         self.checked = time.time()
         env = os.environ.get("OMP_NUM_THREADS", "")
         self.cap = int(env) if env.isdigit() and int(env) > 0 else max(1, usable_cores() // max(1, local_world_size))
+        self.sample: CpuSample | None = None
         if self.enabled:
-            torch.set_num_threads(idle_cores(self.cap))
+            torch.set_num_threads(idle_cores(self.cap, others_now=others_busy_now()))
+            self.sample = CpuSample.now()
             with contextlib.suppress(RuntimeError):  # only settable before the first inter-op task
                 torch.set_num_interop_threads(1)
 
@@ -111,7 +154,12 @@ class CpuThreads:
             return
         self.checked = time.time()
         current = torch.get_num_threads()
-        wanted = idle_cores(self.cap, own_threads=current + self.data_workers)
+        sample = CpuSample.now()
+        others_now = None
+        if sample is not None and self.sample is not None:
+            others_now = max(0.0, sample.others_since(self.sample) - self.data_workers)
+        self.sample = sample
+        wanted = idle_cores(self.cap, own_threads=current + self.data_workers, others_now=others_now)
         if wanted != current:
             torch.set_num_threads(wanted)
             log.info("CPU threads %d -> %d (load average %.1f)", current, wanted, os.getloadavg()[0])

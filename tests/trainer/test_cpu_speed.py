@@ -13,8 +13,18 @@ from trainer import runtime
 
 @pytest.fixture
 def two_cores(monkeypatch):
+    """A 2-core machine seen through its load average only (no /proc/stat readings)."""
     monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime.CpuSample, "now", classmethod(lambda cls: None))
+
+
+def _readings(monkeypatch, *samples: tuple[float, float, float]) -> None:
+    """CpuSample.now returns these (wall, machine busy seconds, own seconds) in turn, then the last again."""
+    queue = list(samples)
+    monkeypatch.setattr(runtime.CpuSample, "now",
+                        classmethod(lambda cls: cls(*(queue.pop(0) if len(queue) > 1 else queue[0]))))
+    monkeypatch.setattr(runtime.time, "sleep", lambda _s: None)
 
 
 def test_threads_use_only_idle_cores(two_cores, monkeypatch):
@@ -40,6 +50,41 @@ def test_own_data_workers_do_not_count_as_other_load(two_cores, monkeypatch):
     without = runtime.CpuThreads(torch.device("cpu"), every=0.0)
     without.maybe_update()
     assert chosen[-1] == 1  # the worker's load taken for another process's: stuck on one core
+
+
+def test_a_stage_started_right_after_another_gets_both_cores(two_cores, monkeypatch):
+    """The load average lags by a minute: right after stage 1 ends it still reads ~2 on an idle machine. What the
+    other processes use now decides (stage 2 of a recipe used to start on one core and stay there for minutes)."""
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    _readings(monkeypatch, (0.0, 100.0, 5.0), (0.2, 100.0, 5.0))  # nothing busy over the 0.2 s window
+    runtime.CpuThreads(torch.device("cpu"))
+    assert chosen[-1] == 2
+    _readings(monkeypatch, (0.0, 100.0, 5.0), (0.2, 100.4, 5.0))  # two cores busy with another job
+    runtime.CpuThreads(torch.device("cpu"))
+    assert chosen[-1] == 1
+
+
+def test_recheck_counts_only_other_processes_cpu_time(two_cores, monkeypatch):
+    """While training, the machine's busy time includes this process's own threads: only the rest is others'."""
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    # start: another job holds a core; 60 s later this process used 2 cores' worth and nothing else ran
+    _readings(monkeypatch, (0.0, 0.0, 0.0), (0.2, 0.2, 0.0), (60.2, 120.2, 120.0))
+    threads = runtime.CpuThreads(torch.device("cpu"), every=0.0)
+    assert chosen[-1] == 1
+    threads.maybe_update()
+    assert chosen[-1] == 2
+
+
+def test_cpu_readings_on_this_machine_are_plausible():
+    if runtime.CpuSample.now() is None:
+        pytest.skip("no /proc/stat here")
+    others = runtime.others_busy_now(0.05)
+    assert 0.0 <= others <= os.cpu_count() + 1
 
 
 def test_omp_num_threads_caps_the_choice(two_cores, monkeypatch):

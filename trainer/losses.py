@@ -25,32 +25,15 @@ def same_class_mask(class_ids: Tensor | None, batch_size: int, device: torch.dev
     return mask
 
 
-def func_attention(query: Tensor, context: Tensor, gamma1: float, word_mask: Tensor | None = None
-                   ) -> tuple[Tensor, Tensor]:
-    """Word-to-region attention (paper Eq. 8-9).
-
-    query: ... x D x T (words), context: ... x D x R (regions); leading dims broadcast.
-    word_mask: ... x T bool, True for padding words (excluded from the softmax over words).
-    Returns the region context per word (... x D x T) and attention (... x T x R).
-    """
-    logits = torch.matmul(context.transpose(-1, -2), query)  # ... x R x T
-    if word_mask is not None:
-        logits = logits.masked_fill(word_mask.unsqueeze(-2), float("-inf"))
-    attn = torch.softmax(logits, dim=-1)  # over words, per region (Eq. 8)
-    attn = torch.softmax(attn.transpose(-1, -2) * gamma1, dim=-1)  # over regions, per word (Eq. 9): ... x T x R
-    weighted = torch.matmul(context, attn.transpose(-1, -2))  # ... x D x T
-    return weighted, attn
-
-
 def _all_pairs_cosine(words: Tensor, regions: Tensor, gamma1: float, pad: Tensor) -> tuple[Tensor, Tensor]:
     """Eq. 8-10 for every caption i (words B x D x T) on every image j (regions B x D x R), index [j, i]: the cosine
     between word t and its region context c = sum_r attn_r * region_r (B x B x T), and the attention (B x B x T x R).
 
-    The same numbers as `func_attention(words[None], regions[:, None], ...)` and a cosine over D, without forming
-    the contexts (B x B x D x T, the largest tensor of a DAMSM step, whose elementwise cosine and its backward were
-    ~3x slower than all of this): w.c = sum_r attn_r (w.region_r), and those dot products are the attention's raw
-    logits; |c|^2 = attn^T (R^T R) attn with each image's R x R Gram matrix. All as plain GEMMs (broadcast batched
-    matmuls would first copy the regions B times).
+    Eq. 8 is a softmax over the words per region, Eq. 9 one over the regions per word (times gamma1), Eq. 10 the
+    original's cosine over D, computed without forming the contexts (B x B x D x T, the largest tensor of a DAMSM
+    step; its elementwise cosine and backward made the loss up to 9x slower, bench/losses.py): w.c = sum_r attn_r
+    (w.region_r), and those dot products are the attention's raw logits; |c|^2 = attn^T (R^T R) attn with each
+    image's R x R Gram matrix. All as plain GEMMs (broadcast batched matmuls would copy the regions B times).
     """
     batch, dim, n_regions = regions.shape
     steps = words.size(2)

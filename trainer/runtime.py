@@ -97,16 +97,6 @@ class CpuSample:
         return max(0.0, (self.busy - earlier.busy) - (self.own - earlier.own)) / span
 
 
-def others_busy_now(window: float = 0.2) -> float | None:
-    """Cores other processes keep busy over the next `window` seconds (None without /proc/stat)."""
-    first = CpuSample.now()
-    if first is None:
-        return None
-    time.sleep(window)
-    last = CpuSample.now()
-    return None if last is None else last.others_since(first)
-
-
 def idle_cores(cap: int | None = None, own_threads: int = 0, others_now: float | None = None) -> int:
     """How many intra-op threads to use on CPU: the cores other processes leave idle, at most `cap`
     (OMP_NUM_THREADS when set, else the cores this process may run on), at least 1.
@@ -144,8 +134,12 @@ class CpuThreads:
         self.cap = int(env) if env.isdigit() and int(env) > 0 else max(1, usable_cores() // max(1, local_world_size))
         self.sample: CpuSample | None = None
         if self.enabled:
-            torch.set_num_threads(idle_cores(self.cap, others_now=others_busy_now()))
-            self.sample = CpuSample.now()
+            first = CpuSample.now()  # what the others use over the next 0.2 s
+            if first is not None:
+                time.sleep(0.2)
+                self.sample = CpuSample.now()
+            others_now = self.sample.others_since(first) if first and self.sample else None
+            torch.set_num_threads(idle_cores(self.cap, others_now=others_now))
             with contextlib.suppress(RuntimeError):  # only settable before the first inter-op task
                 torch.set_num_interop_threads(1)
 

@@ -33,7 +33,7 @@ lint: setup  # also a test (tests/test_lint.py)
 	$(VENV)/bin/ruff check attngan trainer service infra tests bench models
 
 bench: setup
-	$(PY) bench/generate.py && $(PY) bench/serve.py && $(PY) bench/train.py && $(PY) bench/losses.py
+	$(PY) bench/generate.py && $(PY) bench/serve.py && $(PY) bench/train.py && $(PY) bench/losses.py && $(PY) bench/best_of.py
 
 train-default: setup
 	bash models/train_default.sh

@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     gen.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                      help="auto: bf16 on GPUs and CPUs with AVX512/AMX, else fp32")
+    gen.add_argument("--candidates", type=int, default=1,
+                     help="best of N: draw each caption N times and keep the image the DAMSM encoders match best "
+                          "to it (default 1; N generator passes; needs the bundle's image encoder)")
     gen.set_defaults(func=run_generate)
 
     imp = subparsers.add_parser(
@@ -99,7 +102,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from attngan.pipeline import TextToImage
 
     lines = _read_captions(args.captions_file) if args.captions_file is not None else None
-    t2i = TextToImage.from_bundle(bundle_path, device=args.device, precision=args.precision)
+    t2i = TextToImage.from_bundle(bundle_path, device=args.device, precision=args.precision,
+                                  candidates=args.candidates)
     if lines is None:
         return _generate_one(t2i, args.caption, output, args.seed)
     return _generate_file(t2i, lines, args.out_dir, args.seed, args.batch_size)
@@ -122,7 +126,8 @@ def _generate_one(t2i: Any, caption: str, output: Path, seed: int) -> int:
     print(f"words used: {' '.join(result.tokens)}")
     if encoded.unknown:
         print(f"unknown words (ignored): {' '.join(encoded.unknown)}")
-    print(f"wrote {', '.join(str(p) for p in image_paths + map_paths)} (model {t2i.version}, seed {seed})")
+    chosen = f", best of {t2i.candidates}: candidate {result.candidate}" if t2i.candidates > 1 else ""
+    print(f"wrote {', '.join(str(p) for p in image_paths + map_paths)} (model {t2i.version}, seed {seed}{chosen})")
     return 0
 
 

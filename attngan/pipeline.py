@@ -6,6 +6,12 @@
 
 Same seed, same image: z and the conditioning-augmentation noise of each caption are drawn from a
 `torch.Generator` seeded with that caption's seed, so an image does not depend on what else was in the batch.
+
+Best of N (`candidates=N`): each caption is drawn N times (candidate 0 is the seed's usual image, candidate k the
+k-th further draw from the same seeded stream) and the candidate whose DAMSM image code is closest to the
+caption's sentence vector is kept, the way DALL-E re-ranked its samples with CLIP. It costs N generator passes
+and needs a bundle with the DAMSM image encoder. Measured on the default model (models/README.md): named
+attributes 68.7% -> 73.7% of 500 held-out captions at N=8.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from attngan.render import to_pil
 from attngan.text import EncodedCaption, Vocabulary, pad_caption
 
 PRECISIONS = ("auto", "fp32", "bf16")
+MAX_CANDIDATES = 32
 
 
 @dataclass
@@ -32,6 +39,8 @@ class Generated:
     images: list[Image.Image]  # one per stage: 64, 128, 256 px (only the last for AttnDCGAN)
     attention: list[np.ndarray]  # one per attentional stage: T x H x W, T = len(tokens)
     tokens: list[str]
+    candidate: int = 0  # which of the seed's candidates this is (0 without best-of-N)
+    score: float | None = None  # its DAMSM caption-image cosine, when candidates were ranked
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -53,26 +62,48 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
 
 
+def check_candidates(candidates: object, bundle: Bundle | None = None) -> int:
+    """The best-of-N count, 1..MAX_CANDIDATES; above 1 the bundle must have the image encoder that ranks them."""
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
+        raise AttnGANError(f"candidates must be an integer from 1 to {MAX_CANDIDATES}, got {candidates!r}")
+    if bundle is not None and candidates > 1 and not bundle.has_image_encoder:
+        raise AttnGANError(f"best of {candidates} ranks images with the DAMSM image encoder, and {bundle.path} "
+                           "has none (export the model with it, or use 1 candidate)")
+    return candidates
+
+
+def best_candidates(image_codes: torch.Tensor, sent_emb: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best of k per caption: rows are caption-major (caption 0's k candidates, then caption 1's, ...), each with
+    its DAMSM image code and its caption's sentence vector. Returns the kept row of each caption and its cosine."""
+    scores = torch.nn.functional.cosine_similarity(image_codes.float(), sent_emb.float(), dim=1).cpu().view(-1, k)
+    best = scores.argmax(dim=1)
+    return torch.arange(scores.size(0)) * k + best, scores.gather(1, best[:, None])[:, 0]
+
+
 class TextToImage:
     """A loaded model (eval mode, no gradients) that generates batches of images."""
 
-    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+    def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", precision: str = "auto",
+                 candidates: int = 1) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise AttnGANError("device 'cuda' requested but CUDA is not available; use --device cpu")
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals from tiny weights make CPU convs ~9x slower
+        check_candidates(candidates, bundle)
         self.bundle = bundle
+        self.candidates = candidates
         self.dtype = resolve_precision(precision, self.device)
-        self.text_encoder, self.generator, _ = bundle.build_networks(self.device, image_encoder=False)
+        self.text_encoder, self.generator, self.image_encoder = bundle.build_networks(
+            self.device, image_encoder=candidates > 1)
         if self.dtype == torch.bfloat16:
             # bf16 convolutions run in oneDNN/cuDNN's NHWC kernels: 1.7-3x faster than NCHW here (docs/benchmarks.md)
             self.generator.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto"
-                    ) -> TextToImage:
-        return cls(load_bundle(path), device=device, precision=precision)
+    def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto",
+                    candidates: int = 1) -> TextToImage:
+        return cls(load_bundle(path), device=device, precision=precision, candidates=candidates)
 
     @property
     def version(self) -> str:
@@ -106,11 +137,13 @@ class TextToImage:
         return encoded
 
     def _noise(self, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and eps of each seed's candidates, seed-major (rows seed_0/cand_0, seed_0/cand_1, ...)."""
         z, eps = [], []
         for seed in seeds:
             g = torch.Generator().manual_seed(int(seed) % (2**63))
-            z.append(torch.randn(self.config.z_dim, generator=g))
-            eps.append(torch.randn(self.config.condition_dim, generator=g))
+            for _ in range(self.candidates):
+                z.append(torch.randn(self.config.z_dim, generator=g))
+                eps.append(torch.randn(self.config.condition_dim, generator=g))
         return torch.stack(z).to(self.device), torch.stack(eps).to(self.device)
 
     def generate(self, captions: list[EncodedCaption], seeds: list[int]) -> list[Generated]:
@@ -122,23 +155,32 @@ class TextToImage:
         if any(len(c.ids) == 0 for c in captions):
             raise AttnGANError("a caption has no known words; call prepare() first")
         width = min(max(len(c.ids) for c in captions), self.config.words_num)
-        rows, lengths = [], []
+        padded, lengths = [], []
         for c in captions:
             ids, n = pad_caption(c.ids, width, rng=None)
-            rows.append(ids)
+            padded.append(ids)
             lengths.append(n)
-        tokens = torch.from_numpy(np.stack(rows)).to(self.device)
+        tokens = torch.from_numpy(np.stack(padded)).to(self.device)
         lengths_t = torch.tensor(lengths, dtype=torch.int64)
         z, eps = self._noise(seeds)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == torch.bfloat16
                     else contextlib.nullcontext())
+        k = self.candidates
         with torch.inference_mode():
             words_emb, sent_emb = self.text_encoder(tokens, lengths_t.to(self.device))
             mask = tokens[:, : words_emb.size(2)] == 0
+            if k > 1:
+                words_emb, sent_emb, mask = (t.repeat_interleave(k, dim=0) for t in (words_emb, sent_emb, mask))
             with autocast:
                 images, attention, _, _ = self.generator(z, sent_emb, words_emb, mask, eps=eps)
-            images = [im.float().cpu() for im in images]
-            attention = [a.float().cpu() for a in attention]
+            rows, scores = torch.arange(len(captions)), None
+            if k > 1:
+                assert self.image_encoder is not None
+                # fp32, so that the pick does not hinge on bf16 rounding
+                _, codes = self.image_encoder(images[-1].float().clamp(-1, 1))
+                rows, scores = best_candidates(codes, sent_emb, k)
+            images = [im[rows.to(im.device)].float().cpu() for im in images]
+            attention = [a[rows.to(a.device)].float().cpu() for a in attention]
         out = []
         for i, c in enumerate(captions):
             n = lengths[i]
@@ -146,5 +188,8 @@ class TextToImage:
                 images=[to_pil(im[i]) for im in images],
                 attention=[a[i, :n].numpy().copy() for a in attention],
                 tokens=list(c.tokens[:n]),
+                candidate=int(rows[i]) - i * k if k > 1 else 0,
+                score=None if scores is None else float(scores[i]),
             ))
         return out
+

@@ -63,6 +63,7 @@ class EnvConfig:
     serviceMax: int = 1
     requestsPerTarget: int = 20  # ALB requests per target per minute before scaling out
     healthCheckGraceSeconds: int = 600  # model download + load + warm-up
+    candidates: int = 1  # the service's CANDIDATES: each bird the best of N draws (N x generator work; cheap on a GPU)
     domainName: str = ""  # api.example.com; empty: CloudFront's *.cloudfront.net HTTPS endpoint
     hostedZoneId: str = ""
     hostedZoneName: str = ""
@@ -236,6 +237,7 @@ def _validate(c: EnvConfig, where: str, errors: list[str]) -> None:
          f"must be at least serviceMax + 1 = {c.serviceMax + 1}: a rolling deployment needs a spare instance")
     need(1 <= c.requestsPerTarget <= 100000, "requestsPerTarget", "must be 1..100000 requests per minute")
     need(60 <= c.healthCheckGraceSeconds <= 3600, "healthCheckGraceSeconds", "must be 60..3600 seconds")
+    need(1 <= c.candidates <= 32, "candidates", "must be 1..32 draws per bird (the service's CANDIDATES)")
     if c.domainName or c.hostedZoneId or c.hostedZoneName:
         need(bool(c.domainName and c.hostedZoneId and c.hostedZoneName), "domainName",
              "a custom domain needs domainName, hostedZoneId and hostedZoneName together")

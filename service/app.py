@@ -54,7 +54,8 @@ def load_model(settings: Settings, bundle_path: str) -> Any:
         return best
 
     def load(precision: str) -> Any:
-        model = TextToImage.from_bundle(bundle_path, device=device, precision=precision)
+        model = TextToImage.from_bundle(bundle_path, device=device, precision=precision,
+                                        candidates=settings.candidates)
         if settings.warmup or settings.precision == "auto":
             for b in batch_sizes:  # first calls: allocator, kernels, lazy imports
                 timed(model, b, 1)
@@ -112,6 +113,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         settings = from_env(**dict(config or {}))
     source = resolve_model(settings)  # MODEL_URI -> local bundle; AttnGANError -> refuse to start
     bundle = source.bundle
+    from attngan.pipeline import check_candidates
+
+    check_candidates(settings.candidates, bundle)  # CANDIDATES > 1 needs the image encoder: refuse to start
     metrics = Metrics()
     storage = make_storage(settings)
     loader = model_loader or load_model

@@ -1,7 +1,7 @@
 """Content-addressed results: the same model, tokens and seed always give the same bird.
 
 `cache_key` hashes exactly what determines the output (the model version, the normalised tokens the
-model sees, and the seed), so "The bird, RED!" and "the bird red" share an entry and a new model never
+model sees, the seed, and best-of-N's N), so "The bird, RED!" and "the bird red" share an entry and a new model never
 serves an old picture. The key names a folder in storage (`<key>/small.png`, ...), which makes the
 store the cache shared by all workers and replicas; `ResultCache` is the per-process LRU in front of it
 that remembers which keys are complete, so a hot request costs a dict lookup.
@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def cache_key(model_version: str, tokens: Sequence[str], seed: int) -> str:
-    text = "\x1f".join([model_version, " ".join(tokens), str(int(seed))])
+def cache_key(model_version: str, tokens: Sequence[str], seed: int, candidates: int = 1) -> str:
+    """`candidates` (best of N) changes the bird, so it is part of the key (1 leaves the key as it always was)."""
+    fields = [model_version, " ".join(tokens), str(int(seed))] + ([f"best-of-{candidates}"] if candidates > 1 else [])
+    text = "\x1f".join(fields)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -117,7 +117,7 @@ class BirdMaker:
 
     def make(self, caption: Caption, seeds: list[int], *, maps: bool, deadline: float) -> list[dict[str, Any]]:
         """One record per seed: {"key", "cached", "urls": {name: url}, "degraded": reason or None, "png": {...}}."""
-        keys = [cache_key(self.version, caption.encoded.tokens, s) for s in seeds]
+        keys = [cache_key(self.version, caption.encoded.tokens, s, self.settings.candidates) for s in seeds]
         records: list[dict[str, Any] | None] = [self._lookup(k, maps) for k in keys]
         todo = [i for i, r in enumerate(records) if r is None]
         self.metrics.cache_hits.inc(len(seeds) - len(todo))

@@ -75,7 +75,7 @@ def describe(m: BirdMaker, caption: Any, seed: int, started: float) -> dict[str,
                            "tokens": caption.encoded.tokens, "unknown": caption.unknown}
     if caption.truncated:
         out["truncated"] = caption.truncated  # words past WORDS_NUM, which the model does not see
-    out.update(seed=seed, model_version=m.version)
+    out.update(seed=seed, model_version=m.version, candidates=m.settings.candidates)
     return out
 
 
@@ -159,6 +159,7 @@ def model_info() -> Any:
         "vocabulary_size": len(m.vocab), "created": bundle.manifest.get("created"),
         "training": bundle.manifest.get("training", {}), "metrics": bundle.manifest.get("metrics", {}),
         "device": str(getattr(model, "device", "")) or None, "precision": getattr(model, "precision", None),
+        "candidates": m.settings.candidates,
         "limits": {"max_caption_chars": m.settings.max_caption_chars, "max_images": m.settings.max_images,
                    "max_batch_size": m.settings.max_batch_size, "request_timeout_s": m.settings.request_timeout_s},
     })

@@ -15,6 +15,7 @@ from typing import Any
 from attngan.errors import AttnGANError
 
 DEFAULT_BUNDLE = "models/default"
+MAX_CANDIDATES = 32  # attngan.pipeline.MAX_CANDIDATES (not imported: settings are read before torch is)
 
 
 def available_cpus() -> int:
@@ -53,6 +54,7 @@ class Settings:
     max_images: int = 6  # POST /birds count limit (the original made 6)
     max_body_bytes: int = 16 * 1024
     default_seed: int = 100  # the original's fixed seed; same caption + seed -> same bird
+    candidates: int = 1  # best of N: each bird is the best of N draws by the DAMSM encoders (N generator passes)
     # storage and cache
     bucket_name: str = ""  # S3 when set, else the local directory
     s3_prefix: str = "images/"
@@ -98,6 +100,8 @@ class Settings:
         need(self.storage_fallback in ("inline", "fail"), "STORAGE_FALLBACK", "must be inline or fail")
         need(1 <= self.url_expiry_s <= 7 * 24 * 3600, "URL_EXPIRY", "must be 1 s .. 7 days (the S3 maximum)")
         need(0 <= self.default_seed < 2**32, "DEFAULT_SEED", "must be in 0 .. 2**32-1")
+        need(1 <= self.candidates <= MAX_CANDIDATES, "CANDIDATES",
+             f"must be between 1 and {MAX_CANDIDATES} (each bird the best of that many draws)")
         need(self.workers >= 1, "WEB_CONCURRENCY", "must be at least 1")
         return self
 
@@ -121,6 +125,7 @@ _ENV: list[tuple[str, str, type]] = [
     ("MAX_IMAGES", "max_images", int),
     ("MAX_BODY_BYTES", "max_body_bytes", int),
     ("DEFAULT_SEED", "default_seed", int),
+    ("CANDIDATES", "candidates", int),
     ("BUCKET_NAME", "bucket_name", str),
     ("S3_PREFIX", "s3_prefix", str),
     ("S3_ENDPOINT_URL", "s3_endpoint_url", str),

@@ -116,6 +116,7 @@ class ServiceStack(Stack):
                 "IMAGE_PREFIX": IMAGES_PREFIX,
                 "AWS_REGION": Aws.REGION,
                 "DEVICE": "cuda" if cfg.gpu else "cpu",
+                "CANDIDATES": str(cfg.candidates),
             },
             secrets={"MODEL_URI": ecs.Secret.from_ssm_parameter(storage.model_parameter)},
             logging=ecs.LogDrivers.aws_logs(stream_prefix="api", log_group=log_group),

@@ -55,7 +55,8 @@ async function draw() {
     if (bird.unknown.length) words.title = "struck-out words are not in the model's vocabulary and were ignored";
     result.hidden = false;
     const where = bird.storage === "inline" ? " (storage unavailable: images inline)" : "";
-    statusBox.textContent = `seed ${bird.seed}, ${bird.cached ? "from cache" : "drawn"} in ` +
+    const bestOf = bird.candidates > 1 ? ` (best of ${bird.candidates} draws)` : "";
+    statusBox.textContent = `seed ${bird.seed}${bestOf}, ${bird.cached ? "from cache" : "drawn"} in ` +
       `${bird.elapsed.toFixed(2)} s${where}`;
   } catch (e) {
     showError(`could not reach the service: ${e.message}`);

@@ -60,6 +60,17 @@ def lively_bundle(tmp_path_factory: pytest.TempPathFactory, vocab: Vocabulary, t
                         text_encoder=t, info={"source": "test", "metrics": {"r_precision": 0.5}})
 
 
+@pytest.fixture(scope="session")
+def ranked_bundle(tmp_path_factory: pytest.TempPathFactory, vocab: Vocabulary, tiny: ModelConfig) -> Path:
+    """lively_bundle's networks plus a DAMSM image encoder, which best-of-N ranks candidates with."""
+    from attngan.bundle import write_bundle
+    from tests.conftest import ranking_image_encoder
+
+    g, t = lively_states(tiny)
+    return write_bundle(tmp_path_factory.mktemp("ranked") / "bundle", config=tiny, vocab=vocab, generator=g,
+                        text_encoder=t, image_encoder=ranking_image_encoder(tiny), info={"source": "test"})
+
+
 # ---------------------------------------------------------------- a Python 2 pickle, written opcode by opcode
 
 

@@ -101,12 +101,21 @@ def test_a_generator_that_is_not_attngan_is_refused(capsys, tmp_path, original_r
         (["generate", "--bundle", "."], "give a caption"),
         (["generate", "a red bird", "-o", "bird.jpg"], "must be a .png"),
         (["generate", "--captions-file", "c.txt"], "needs --out-dir"),
+        (["generate", "a red bird", "--bundle", "{lively}", "--candidates", "2"], "has none"),
+        (["generate", "a red bird", "--bundle", "{lively}", "--candidates", "0"], "from 1 to 32"),
     ],
 )
-def test_generate_errors_are_one_line(capsys, monkeypatch, tmp_path, argv, message):
+def test_generate_errors_are_one_line(capsys, monkeypatch, tmp_path, lively_bundle, argv, message):
     monkeypatch.setenv("ATTNGAN_BUNDLE", str(tmp_path / "missing"))
-    code, _, err = run(capsys, *argv)
+    code, _, err = run(capsys, *[a.format(lively=lively_bundle) for a in argv])
     assert code == 1 and message in err and err.count("\n") == 1
+
+
+def test_generate_best_of_n_says_which_candidate_it_kept(capsys, tmp_path, ranked_bundle):
+    code, out, err = run(capsys, "generate", "--bundle", str(ranked_bundle), "this bird has a red crown",
+                         "--candidates", "3", "-o", str(tmp_path / "b.png"))
+    assert code == 0, err
+    assert "best of 3: candidate " in out and (tmp_path / "b.png").is_file()
 
 
 def test_default_bundle_comes_from_the_environment(capsys, monkeypatch, tmp_path, lively_bundle):

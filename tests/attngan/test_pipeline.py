@@ -61,6 +61,46 @@ def test_generate_checks_its_arguments(t2i):
         t2i.generate([t2i.prepare("red")], [1, 2])
 
 
+def test_best_of_n_keeps_the_candidate_the_damsm_encoders_match_best(ranked_bundle):
+    """Candidate k of a seed is the k-th draw of that seed's noise stream; the kept one has the highest caption-image
+    cosine of all N, and candidate 0 is the image the seed gives without best-of-N."""
+    from attngan.bundle import load_bundle
+
+    n = 4
+    best_of = TextToImage.from_bundle(ranked_bundle, precision="fp32", candidates=n)
+    plain = TextToImage.from_bundle(ranked_bundle, precision="fp32")
+    text_encoder, generator, image_encoder = load_bundle(ranked_bundle).build_networks()
+    caption = plain.prepare("this bird has a red crown and black wings")
+    tokens = torch.tensor([caption.ids])
+    picked = []
+    for seed in range(6):
+        (out,) = best_of.generate([caption], [seed])
+        g = torch.Generator().manual_seed(seed)
+        noise = [(torch.randn(1, plain.config.z_dim, generator=g), torch.randn(1, plain.config.condition_dim, generator=g))
+                 for _ in range(n)]
+        with torch.no_grad():
+            words, sent = text_encoder(tokens, torch.tensor([len(caption.ids)]))
+            mask = tokens == 0
+            images = [generator(z, sent, words, mask, eps=eps)[0][-1] for z, eps in noise]
+            scores = [float(torch.cosine_similarity(image_encoder(im.clamp(-1, 1))[1], sent)[0]) for im in images]
+        assert out.candidate == int(np.argmax(scores)) and out.score == pytest.approx(max(scores), abs=1e-5)
+        assert np.abs(pixels(out.images[-1]) - pixels(to_pil(images[out.candidate][0]))).max() <= 1
+        assert np.abs(pixels(plain.generate([caption], [seed])[0].images[-1]) - pixels(to_pil(images[0][0]))).max() <= 1
+        picked.append(out.candidate)
+    assert len(set(picked)) > 1  # the ranking really chooses
+    batched = best_of.generate([plain.prepare("yellow belly"), caption], [9, 3])[1]
+    assert batched.candidate == picked[3] and np.abs(pixels(batched.images[-1]) - pixels(
+        best_of.generate([caption], [3])[0].images[-1])).max() <= 1
+
+
+def test_best_of_n_checks_its_count_and_needs_an_image_encoder(lively_bundle, ranked_bundle):
+    for bad in (0, 33, True, 2.0):
+        with pytest.raises(AttnGANError, match="candidates must be an integer from 1 to 32"):
+            TextToImage.from_bundle(ranked_bundle, candidates=bad)
+    with pytest.raises(AttnGANError, match="DAMSM image encoder"):
+        TextToImage.from_bundle(lively_bundle, candidates=2)
+
+
 def test_bf16_images_are_close_to_fp32(lively_bundle, t2i):
     """Tolerance: mean absolute difference under 4 of 255 grey levels on every stage's image."""
     bf16 = TextToImage.from_bundle(lively_bundle, precision="bf16")

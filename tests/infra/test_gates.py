@@ -150,6 +150,7 @@ def test_config_errors_name_the_key_and_the_fix():
     assert "expected int" in error(asgMax="lots")
     assert "domainName, hostedZoneId and hostedZoneName" in error(domainName="api.example.org")
     assert "immutable" in error(imageTag="latest")
+    assert "candidates: must be 1..32" in error(candidates="0")
     cfg = load_env_config(read_cdk_context(overrides={"imageTag": TAG, "serviceMax": "1", "computeType": "cpu"}))
     assert cfg.instance_type == "c7i.2xlarge" and cfg.service_dockerfile == "service/Dockerfile.cpu"
 

@@ -185,7 +185,8 @@ def test_cpu_option_drops_the_gpu(dev_cpu):
     assert lt["InstanceType"] == "c7i.2xlarge"
     (c,) = one(t, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
     assert "ResourceRequirements" not in c
-    assert {e["Name"]: e["Value"] for e in c["Environment"]}["DEVICE"] == "cpu"
+    env = {e["Name"]: e["Value"] for e in c["Environment"]}
+    assert env["DEVICE"] == "cpu" and env["CANDIDATES"] == "1"  # best of N is off unless configured
 
 
 # --- training ------------------------------------------------------------------------------------------

@@ -36,6 +36,18 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_bundle(out, config=ModelConfig(n_words=len(vocab), gf_dim=8), vocab=vocab, seed=0)
 
 
+@pytest.fixture(scope="session")
+def ranked_bundle_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bundle_dir's networks plus a DAMSM image encoder, which CANDIDATES > 1 ranks the draws with."""
+    from attngan.bundle import load_bundle, write_bundle
+    from tests.conftest import ranking_image_encoder
+
+    tiny = load_bundle(bundle_dir)
+    return write_bundle(tmp_path_factory.mktemp("ranked") / "tiny", config=tiny.config, vocab=tiny.vocab,
+                        generator=tiny.read_state("generator"), text_encoder=tiny.read_state("text_encoder"),
+                        image_encoder=ranking_image_encoder(tiny.config), info={"source": "test"})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

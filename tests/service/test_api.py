@@ -222,6 +222,41 @@ def test_api_key(bundle_dir, tmp_path):
         app.extensions["attngan"].engine.stop()
 
 
+def test_best_of_n_serves_the_ranked_bird_under_its_own_cache_key(ranked_bundle_dir, bundle_dir, tmp_path):
+    """CANDIDATES=3: the bird is the pipeline's best of 3, and a plain server sharing the storage (the cache all
+    replicas share) does not hand out its seed-only bird for it."""
+    import numpy as np
+
+    from attngan.pipeline import TextToImage
+    from service.app import create_app
+
+    with pytest.raises(AttnGANError, match="has none"):  # refused at start, not on the first request
+        create_app({"bundle_dir": str(bundle_dir), "image_dir": str(tmp_path), "candidates": 3})
+    apps = {n: create_app({"bundle_dir": str(ranked_bundle_dir), "image_dir": str(tmp_path), "precision": "fp32",
+                           "torch_threads": 1, "warmup": False, "candidates": n}) for n in (1, 3)}
+    try:
+        caption = "a small blue bird with a white belly"
+        ranked = TextToImage.from_bundle(ranked_bundle_dir, precision="fp32", candidates=3)
+        chosen = []
+        for seed in (1, 2, 3, 4):
+            birds = {}
+            for n, app in apps.items():
+                assert app.extensions["attngan"].engine.wait_ready(60)
+                r = app.test_client().post(BIRD, json={"caption": caption, "seed": seed})
+                assert r.status_code == 201
+                birds[n] = r.get_json()["bird"]
+                assert birds[n]["candidates"] == n and birds[n]["cached"] is False
+            served = np.asarray(png_at(apps[3].test_client(), birds[3]["large"]), dtype=np.int16)
+            expected = ranked.generate([ranked.prepare(caption)], [seed])[0]
+            assert np.abs(served - np.asarray(expected.images[-1], dtype=np.int16)).max() <= 1
+            chosen.append(expected.candidate)
+        assert set(chosen) != {0}  # some seeds' best is not their plain draw, so the two servers' birds differ
+        assert apps[3].test_client().get("/api/v1.0/model").get_json()["candidates"] == 3
+    finally:
+        for app in apps.values():
+            app.extensions["attngan"].engine.stop()
+
+
 def test_missing_or_corrupt_bundle_refuses(bundle_dir, tmp_path):
     import shutil
 
@@ -243,7 +278,11 @@ def test_settings_from_env_checks_values():
     assert s.bundle_dir == "x/y" and s.max_batch_size == 8 and s.storage_kind == "s3" and s.warmup is False
     assert from_env({"BUNDLE_DIR": "a", "MODEL_BUNDLE": "b"}).bundle_dir == "a"
     for env in ({"MAX_BATCH_SIZE": "lots"}, {"MAX_BATCH_SIZE": "0"}, {"PRECISION": "fp8"},
-                {"STORAGE_FALLBACK": "maybe"}, {"URL_EXPIRY": "0"}):
+                {"STORAGE_FALLBACK": "maybe"}, {"URL_EXPIRY": "0"}, {"CANDIDATES": "0"}, {"CANDIDATES": "33"}):
         with pytest.raises(AttnGANError):
             from_env(env)
     assert "s3cret" not in repr(from_env({"API_KEY": "s3cret"}))
+    from attngan.pipeline import MAX_CANDIDATES
+    from service.settings import MAX_CANDIDATES as SETTINGS_MAX
+
+    assert from_env({"CANDIDATES": "8"}).candidates == 8 and SETTINGS_MAX == MAX_CANDIDATES

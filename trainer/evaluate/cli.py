@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "two models are scored by the same judge; it must be for the same data and settings")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="generator precision: fp32 (reference) or bf16 autocast (the serving fast path)")
+    p.add_argument("--candidates", type=int, default=1, metavar="N",
+                   help="best of N per caption, ranked by the bundle's DAMSM encoders as `attngan generate "
+                        "--candidates N` serves (default 1: the plain generator; N times the generation time; "
+                        "R-precision then uses the ranking encoders twice and is marked so)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                        data_format=args.data_format, samples=args.samples, untrained=not args.no_untrained,
                        classifier_epochs=args.classifier_epochs,
                        judge_renders=args.judge_renders, judge=args.judge, progress=not args.quiet,
-                       precision=args.precision)
+                       precision=args.precision, candidates=args.candidates)
     metrics = evaluate(opts)
     print(f"{summary_line(metrics)}\nwrote {opts.out / 'metrics.json'}, {opts.out / 'report.md'} "
           f"({metrics['protocol']['seconds']:.0f} s)")

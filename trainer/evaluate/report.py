@@ -158,10 +158,13 @@ def render_markdown(m: dict[str, Any]) -> str:
     """report.md from the metrics dictionary (the same one written to metrics.json)."""
     L: list[str] = []
     b, d = m["bundle"], m["data"]
+    k = m["protocol"].get("candidates", 1)
+    best_of = (f" (each the best of {k} candidates by the bundle's DAMSM encoders, as `attngan generate "
+               f"--candidates {k}` serves)" if k > 1 else "")
     L += [f"# Evaluation of bundle `{b['version']}`", "",
           (f"- Bundle: `{b['path']}`; data: `{d['path']}` ({d['split']} split, {d['n_items']} images, "
-          f"{d['n_classes']} classes); {m['protocol']['n_images']} generated images, seed {m['protocol']['seed']}, "
-          f"device {m['protocol']['device']}, {m['protocol']['seconds']:.0f} s."),
+          f"{d['n_classes']} classes); {m['protocol']['n_images']} generated images{best_of}, seed "
+          f"{m['protocol']['seed']}, device {m['protocol']['device']}, {m['protocol']['seconds']:.0f} s."),
           f"- {REPORT_NOTE}", ""]
     if d.get("unknown_word_rate"):
         L += [(f"- {100 * d['unknown_word_rate']:.1f}% of the test captions' words are not in the bundle's "
@@ -172,7 +175,9 @@ def render_markdown(m: dict[str, Any]) -> str:
     if rp and "mean" in rp:
         L.append(f"| R-precision (top-1 of {rp['candidates']}) | {_pct(rp['mean'])} ± {_pct(rp['std'])} | "
                  f"chance {_pct(rp['chance'])} | DM-GAN protocol, {rp['folds']} folds of {rp['n_images']} images; "
-                 f"DAMSM = the bundle's own encoders |")
+                 f"DAMSM = the bundle's own encoders"
+                 + (f"; overstated: these encoders also picked each image from {k} candidates" if k > 1 else "")
+                 + " |")
         if "real_images" in rp:
             real = rp["real_images"]
             L.append(f"| R-precision of the real test images | {_pct(real['mean'])} ± {_pct(real['std'])} | "

@@ -158,6 +158,40 @@ def test_bf16_metrics_match_fp32(tmp_path, tiny_data, tiny_bundle_dir, capsys):
     assert abs(results["bf16"]["fid"]["damsm"]["value"] - fp32_fid) <= 0.05 * fp32_fid + 1e-3
 
 
+def test_best_of_n_keeps_for_each_caption_an_image_the_encoders_match_at_least_as_well(
+        tmp_path, tiny_data, tiny_bundle_dir, capsys):
+    import numpy as np
+
+    from attngan.bundle import load_bundle
+    from trainer.evaluate.run import generation_pass, item_noise, load_test_set, plan_items
+
+    bundle = load_bundle(tiny_bundle_dir)
+    text_encoder, generator, image_encoder = bundle.build_networks()
+    ts = load_test_set(tiny_data, bundle, "cub")
+    items = plan_items(ts, 12, seed=0)
+    cosines = []
+    for k in (1, 4):
+        z, eps = item_noise(torch.Generator().manual_seed(0), len(items), k, bundle.config.z_dim,
+                            bundle.config.condition_dim)
+        res = generation_pass("test", items, ts, text_encoder, generator, image_encoder, None, None,
+                              bundle.config.words_num, z, eps, 5, torch.device("cpu"), False, candidates=k)
+        codes, sent = res.cat("img_codes"), res.cat("sent")
+        cosines.append((codes * sent).sum(1) / np.linalg.norm(codes, axis=1) / np.linalg.norm(sent, axis=1))
+    assert len(cosines[1]) == 12 and (cosines[1] >= cosines[0] - 1e-5).all() and (cosines[1] > cosines[0]).any()
+
+    out = tmp_path / "best4"
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
+                           "--images", "12", "--samples", "0", "--no-untrained", "--candidates", "4")
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"]["candidates"] == 4 and m["r_precision"]["picked_by_same_encoders"]
+    assert any("overstated" in bar["name"] for bar in m["quality_bars"])
+    assert "best of 4 candidates" in (out / "report.md").read_text()
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
+                           "--candidates", "0")
+    assert code == 1 and "from 1 to 32" in err
+
+
 def test_training_curves_show_each_step_once_across_resumes(tmp_path):
     """A run killed after logging steps it never saved is resumed into a new event file that logs those steps
     again: the curves keep the resumed run's values, once per step, in step order."""

@@ -239,15 +239,14 @@ def generation_pass(desc: str, items: list[tuple[int, int]], ts: TestSet, text_e
     from attngan.pipeline import best_candidates
 
     res = PassResult()
-    k = candidates
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress)
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         captions, lengths = encode_batch([ts.captions[i][k] for i, k in chunk], words_num, device)
         words, sent = text_encoder(captions, lengths.to(device))
         mask = captions[:, : words.size(2)] == 0
-        if k > 1:
-            words, sent, mask = (t.repeat_interleave(k, dim=0) for t in (words, sent, mask))
+        if candidates > 1:
+            words, sent, mask = (t.repeat_interleave(candidates, dim=0) for t in (words, sent, mask))
         z = z_all[start:start + len(chunk)].flatten(0, 1).to(device)
         eps = eps_all[start:start + len(chunk)].flatten(0, 1).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -255,8 +254,8 @@ def generation_pass(desc: str, items: list[tuple[int, int]], ts: TestSet, text_e
         last = images[-1].float().clamp(-1, 1)
         if image_encoder is not None:
             _, code = image_encoder(last)
-            if k > 1:
-                keep = best_candidates(code, sent, k)[0].to(device)
+            if candidates > 1:
+                keep = best_candidates(code, sent, candidates)[0].to(device)
                 last, code, sent = last[keep], code[keep], sent[keep]
             res.img_codes.append(code.float().cpu().numpy())
             res.damsm_feats.append(code.float().cpu().numpy())

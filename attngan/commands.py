@@ -40,6 +40,9 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--candidates", type=int, default=1,
                      help="best of N: draw each caption N times and keep the image the DAMSM encoders match best "
                           "to it (default 1; N generator passes; needs the bundle's image encoder)")
+    gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                     help="draw the noise at PSI times its spread, 0..1: lower keeps closer to the caption, with less "
+                          "variety between seeds (default 1: the paper's sampling; 0: one image per caption)")
     gen.set_defaults(func=run_generate)
 
     imp = subparsers.add_parser(
@@ -103,7 +106,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     lines = _read_captions(args.captions_file) if args.captions_file is not None else None
     t2i = TextToImage.from_bundle(bundle_path, device=args.device, precision=args.precision,
-                                  candidates=args.candidates)
+                                  candidates=args.candidates, truncation=args.truncation)
     if lines is None:
         return _generate_one(t2i, args.caption, output, args.seed)
     return _generate_file(t2i, lines, args.out_dir, args.seed, args.batch_size)
@@ -127,6 +130,7 @@ def _generate_one(t2i: Any, caption: str, output: Path, seed: int) -> int:
     if encoded.unknown:
         print(f"unknown words (ignored): {' '.join(encoded.unknown)}")
     chosen = f", best of {t2i.candidates}: candidate {result.candidate}" if t2i.candidates > 1 else ""
+    chosen += f", truncation {t2i.truncation:g}" if t2i.truncation != 1 else ""
     print(f"wrote {', '.join(str(p) for p in image_paths + map_paths)} (model {t2i.version}, seed {seed}{chosen})")
     return 0
 

@@ -74,6 +74,8 @@ class TrainConfig:
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss
     VALID_BATCHES: int = 50  # DAMSM validation batches per epoch (the original: 50)
     CHANNELS_LAST: bool = False  # channels-last memory format for the convolutional nets
+    DETERMINISTIC: bool = False  # CUDA: deterministic kernels (no cuDNN autotuning), so a resumed run repeats the
+    # uninterrupted one bit for bit, as it always does on CPU; slower
 
 
 @dataclass

@@ -12,6 +12,12 @@ k-th further draw from the same seeded stream) and the candidate whose DAMSM ima
 caption's sentence vector is kept, the way DALL-E re-ranked its samples with CLIP. It costs N generator passes
 and needs a bundle with the DAMSM image encoder. Measured on the default model (models/README.md, "Best of N"):
 named attributes 71.1% -> 73.8% of 1,000 held-out captions at N=8.
+
+Truncation (`truncation=psi`, 0..1): z and the conditioning-augmentation noise are drawn at psi times their
+standard deviation, the GAN "truncation trick" that trades variety between seeds for images closer to what the
+caption asks (psi 1: the paper's sampling; 0: one image per caption, whatever the seed). It costs nothing.
+Measured on the default model (models/README.md, "Truncation"): named attributes 71.1% -> 72.9% of 1,000
+held-out captions at psi 0.5, 73.4% at 0.3.
 """
 
 from __future__ import annotations
@@ -72,6 +78,13 @@ def check_candidates(candidates: object, bundle: Bundle | None = None) -> int:
     return candidates
 
 
+def check_truncation(truncation: object) -> float:
+    """The noise scale psi, a number from 0 to 1."""
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not 0 <= truncation <= 1:
+        raise AttnGANError(f"truncation must be a number from 0 to 1 (1: the paper's sampling), got {truncation!r}")
+    return float(truncation)
+
+
 def best_candidates(image_codes: torch.Tensor, sent_emb: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Best of k per caption: rows are caption-major (caption 0's k candidates, then caption 1's, ...), each with
     its DAMSM image code and its caption's sentence vector. Returns the kept row of each caption and its cosine."""
@@ -84,7 +97,7 @@ class TextToImage:
     """A loaded model (eval mode, no gradients) that generates batches of images."""
 
     def __init__(self, bundle: Bundle, device: str | torch.device = "cpu", precision: str = "auto",
-                 candidates: int = 1) -> None:
+                 candidates: int = 1, truncation: float = 1.0) -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise AttnGANError("device 'cuda' requested but CUDA is not available; use --device cpu")
@@ -93,6 +106,7 @@ class TextToImage:
         check_candidates(candidates, bundle)
         self.bundle = bundle
         self.candidates = candidates
+        self.truncation = check_truncation(truncation)
         self.dtype = resolve_precision(precision, self.device)
         self.text_encoder, self.generator, self.image_encoder = bundle.build_networks(
             self.device, image_encoder=candidates > 1)
@@ -102,8 +116,9 @@ class TextToImage:
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto",
-                    candidates: int = 1) -> TextToImage:
-        return cls(load_bundle(path), device=device, precision=precision, candidates=candidates)
+                    candidates: int = 1, truncation: float = 1.0) -> TextToImage:
+        return cls(load_bundle(path), device=device, precision=precision, candidates=candidates,
+                   truncation=truncation)
 
     @property
     def version(self) -> str:
@@ -136,20 +151,26 @@ class TextToImage:
                                      unknown=encoded.unknown)
         return encoded
 
-    def _noise(self, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """z and eps of each seed's candidates, seed-major (rows seed_0/cand_0, seed_0/cand_1, ...)."""
+    def _noise(self, seeds: list[int], truncations: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """z and eps of each seed's candidates, seed-major (rows seed_0/cand_0, seed_0/cand_1, ...), each times its
+        caption's truncation."""
         z, eps = [], []
-        for seed in seeds:
+        for seed, psi in zip(seeds, truncations):
             g = torch.Generator().manual_seed(int(seed) % (2**63))
             for _ in range(self.candidates):
-                z.append(torch.randn(self.config.z_dim, generator=g))
-                eps.append(torch.randn(self.config.condition_dim, generator=g))
+                z.append(psi * torch.randn(self.config.z_dim, generator=g))
+                eps.append(psi * torch.randn(self.config.condition_dim, generator=g))
         return torch.stack(z).to(self.device), torch.stack(eps).to(self.device)
 
-    def generate(self, captions: list[EncodedCaption], seeds: list[int]) -> list[Generated]:
-        """One batched forward pass; returns one Generated per caption, in order."""
+    def generate(self, captions: list[EncodedCaption], seeds: list[int],
+                 truncations: list[float | None] | None = None) -> list[Generated]:
+        """One batched forward pass; returns one Generated per caption, in order. `truncations`: each caption's
+        own truncation (None: the model's), so one batch can mix requests that ask for different ones."""
         if len(captions) != len(seeds):
             raise AttnGANError(f"got {len(captions)} captions but {len(seeds)} seeds")
+        if truncations is not None and len(truncations) != len(captions):
+            raise AttnGANError(f"got {len(captions)} captions but {len(truncations)} truncations")
+        psis = [self.truncation if t is None else check_truncation(t) for t in truncations or [None] * len(captions)]
         if not captions:
             return []
         if any(len(c.ids) == 0 for c in captions):
@@ -162,7 +183,7 @@ class TextToImage:
             lengths.append(n)
         tokens = torch.from_numpy(np.stack(padded)).to(self.device)
         lengths_t = torch.tensor(lengths, dtype=torch.int64)
-        z, eps = self._noise(seeds)
+        z, eps = self._noise(seeds, psis)
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == torch.bfloat16
                     else contextlib.nullcontext())
         k = self.candidates

@@ -64,6 +64,7 @@ class EnvConfig:
     requestsPerTarget: int = 20  # ALB requests per target per minute before scaling out
     healthCheckGraceSeconds: int = 600  # model download + load + warm-up
     candidates: int = 1  # the service's CANDIDATES: each bird the best of N draws (N x generator work; cheap on a GPU)
+    truncation: float = 1.0  # the service's TRUNCATION: noise at this times its spread (lower: closer to the caption)
     domainName: str = ""  # api.example.com; empty: CloudFront's *.cloudfront.net HTTPS endpoint
     hostedZoneId: str = ""
     hostedZoneName: str = ""
@@ -151,8 +152,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(EnvConfig) if f.name != "name"}
 
 
 def _coerce(key: str, value: Any, kind: Any, errors: list[str], where: str) -> Any:
-    """Context values from `-c key=value` arrive as strings; accept those for ints and bools."""
-    kind = {"int": int, "bool": bool, "str": str}.get(kind, kind) if isinstance(kind, str) else kind
+    """Context values from `-c key=value` arrive as strings; accept those for ints, floats and bools."""
+    kind = {"int": int, "bool": bool, "str": str, "float": float}.get(kind, kind) if isinstance(kind, str) else kind
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -163,6 +164,11 @@ def _coerce(key: str, value: Any, kind: Any, errors: list[str], where: str) -> A
             return value
         if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
             return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d*)?|-?\.\d+", value.strip()):
+            return float(value)
     elif kind is str and isinstance(value, (str, int)) and not isinstance(value, bool):
         return str(value)
     errors.append(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
@@ -238,6 +244,7 @@ def _validate(c: EnvConfig, where: str, errors: list[str]) -> None:
     need(1 <= c.requestsPerTarget <= 100000, "requestsPerTarget", "must be 1..100000 requests per minute")
     need(60 <= c.healthCheckGraceSeconds <= 3600, "healthCheckGraceSeconds", "must be 60..3600 seconds")
     need(1 <= c.candidates <= 32, "candidates", "must be 1..32 draws per bird (the service's CANDIDATES)")
+    need(0 <= c.truncation <= 1, "truncation", "must be 0..1 (the service's TRUNCATION; 1: the paper's sampling)")
     if c.domainName or c.hostedZoneId or c.hostedZoneName:
         need(bool(c.domainName and c.hostedZoneId and c.hostedZoneName), "domainName",
              "a custom domain needs domainName, hostedZoneId and hostedZoneName together")

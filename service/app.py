@@ -55,7 +55,7 @@ def load_model(settings: Settings, bundle_path: str) -> Any:
 
     def load(precision: str) -> Any:
         model = TextToImage.from_bundle(bundle_path, device=device, precision=precision,
-                                        candidates=settings.candidates)
+                                        candidates=settings.candidates, truncation=settings.truncation)
         if settings.warmup or settings.precision == "auto":
             for b in batch_sizes:  # first calls: allocator, kernels, lazy imports
                 timed(model, b, 1)

@@ -16,9 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def cache_key(model_version: str, tokens: Sequence[str], seed: int, candidates: int = 1) -> str:
-    """`candidates` (best of N) changes the bird, so it is part of the key (1 leaves the key as it always was)."""
+def cache_key(model_version: str, tokens: Sequence[str], seed: int, candidates: int = 1,
+              truncation: float = 1.0) -> str:
+    """`candidates` (best of N) and `truncation` change the bird, so they are part of the key (1 and 1.0 leave the
+    key as it always was)."""
     fields = [model_version, " ".join(tokens), str(int(seed))] + ([f"best-of-{candidates}"] if candidates > 1 else [])
+    fields += [f"truncation-{float(truncation)!r}"] if truncation != 1 else []
     text = "\x1f".join(fields)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

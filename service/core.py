@@ -79,6 +79,21 @@ def check_seed(value: Any, default: int) -> int:
     return value
 
 
+def check_truncation(value: Any, default: float) -> float:
+    """A request's truncation: a number from 0 to 1 (a query string's text too); absent: the server's."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ApiError(400, "bad_truncation", "truncation must be a number from 0 to 1 (1: the paper's sampling; "
+                       f"lower: closer to the caption, less variety between seeds), got {value!r}")
+    return float(value)
+
+
 def png_bytes(image: Any) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False, compress_level=3)
@@ -115,15 +130,18 @@ class BirdMaker:
 
     # generation with cache and storage
 
-    def make(self, caption: Caption, seeds: list[int], *, maps: bool, deadline: float) -> list[dict[str, Any]]:
-        """One record per seed: {"key", "cached", "urls": {name: url}, "degraded": reason or None, "png": {...}}."""
-        keys = [cache_key(self.version, caption.encoded.tokens, s, self.settings.candidates) for s in seeds]
+    def make(self, caption: Caption, seeds: list[int], *, maps: bool, deadline: float,
+             truncation: float | None = None) -> list[dict[str, Any]]:
+        """One record per seed: {"key", "cached", "urls": {name: url}, "degraded": reason or None, "png": {...}}.
+        `truncation`: the request's (None: the server's TRUNCATION)."""
+        psi = self.settings.truncation if truncation is None else truncation
+        keys = [cache_key(self.version, caption.encoded.tokens, s, self.settings.candidates, psi) for s in seeds]
         records: list[dict[str, Any] | None] = [self._lookup(k, maps) for k in keys]
         todo = [i for i, r in enumerate(records) if r is None]
         self.metrics.cache_hits.inc(len(seeds) - len(todo))
         self.metrics.cache_misses.inc(len(todo))
         if todo:
-            for i, generated in zip(todo, self._generate(caption.encoded, [seeds[i] for i in todo], deadline)):
+            for i, generated in zip(todo, self._generate(caption.encoded, [seeds[i] for i in todo], deadline, psi)):
                 records[i] = self._store(keys[i], generated, maps)
         return records  # type: ignore[return-value]
 
@@ -148,9 +166,9 @@ class BirdMaker:
             return None
         return {"key": key, "cached": True, "urls": urls, "degraded": None}
 
-    def _generate(self, encoded: EncodedCaption, seeds: list[int], deadline: float) -> list[Any]:
+    def _generate(self, encoded: EncodedCaption, seeds: list[int], deadline: float, truncation: float) -> list[Any]:
         try:
-            jobs = self.engine.submit([(encoded, s) for s in seeds], deadline)
+            jobs = self.engine.submit([(encoded, s) for s in seeds], deadline, truncation)
         except QueueFull as exc:
             self.metrics.rejected.labels("queue_full").inc()
             raise ApiError(503, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None

@@ -46,7 +46,8 @@ class Model(Protocol):
 
     version: str
 
-    def generate(self, captions: list[EncodedCaption], seeds: list[int]) -> list[Any]: ...
+    def generate(self, captions: list[EncodedCaption], seeds: list[int],
+                 truncations: list[float | None] | None = None) -> list[Any]: ...
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Job:
     caption: EncodedCaption
     seed: int
     deadline: float  # time.monotonic()
+    truncation: float | None = None  # the request's noise scale (None: the model's)
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
 
@@ -104,7 +106,8 @@ class Engine:
         batches_ahead = (len(self._jobs) + self.busy) / self.max_batch_size + 1
         return max(1, math.ceil(batches_ahead * self._batch_seconds))
 
-    def submit(self, items: Sequence[tuple[EncodedCaption, int]], deadline: float) -> list[Job]:
+    def submit(self, items: Sequence[tuple[EncodedCaption, int]], deadline: float,
+               truncation: float | None = None) -> list[Job]:
         """Queue all items or none (QueueFull). Each returned job's future yields one result."""
         if not self.ready.is_set():
             raise NotReady(self.error or "the model is still loading")
@@ -114,7 +117,7 @@ class Engine:
             # a request bigger than the whole capacity is still served when the engine is idle
             if in_system + len(items) > capacity and in_system > 0:
                 raise QueueFull(self.retry_after_s())
-            jobs = [Job(caption, seed, deadline) for caption, seed in items]
+            jobs = [Job(caption, seed, deadline, truncation) for caption, seed in items]
             self._jobs.extend(jobs)
             self._gauge()
             self._cond.notify()
@@ -176,7 +179,9 @@ class Engine:
             return
         start = time.monotonic()
         try:
-            results = self.model.generate([j.caption for j in batch], [j.seed for j in batch])
+            truncations = [j.truncation for j in batch]
+            results = self.model.generate([j.caption for j in batch], [j.seed for j in batch],
+                                          *([truncations] if any(t is not None for t in truncations) else []))
         except Exception as exc:
             log.exception("generation failed")
             for job in batch:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from flask import Blueprint, Response, current_app, g, jsonify, render_template, request, send_file
 
-from service.core import MAPS, SCALES, ApiError, BirdMaker, check_seed
+from service.core import MAPS, SCALES, ApiError, BirdMaker, check_seed, check_truncation
 from service.metrics import CONTENT_TYPE
 from service.storage import LocalStorage, StorageError
 
@@ -70,12 +70,12 @@ def deadline() -> float:
     return time.monotonic() + limit
 
 
-def describe(m: BirdMaker, caption: Any, seed: int, started: float) -> dict[str, Any]:
+def describe(m: BirdMaker, caption: Any, seed: int, started: float, truncation: float) -> dict[str, Any]:
     out: dict[str, Any] = {"caption": caption.text, "elapsed": round(time.perf_counter() - started, 4),
                            "tokens": caption.encoded.tokens, "unknown": caption.unknown}
     if caption.truncated:
         out["truncated"] = caption.truncated  # words past WORDS_NUM, which the model does not see
-    out.update(seed=seed, model_version=m.version, candidates=m.settings.candidates)
+    out.update(seed=seed, model_version=m.version, candidates=m.settings.candidates, truncation=truncation)
     return out
 
 
@@ -93,12 +93,13 @@ def storage_fields(m: BirdMaker, records: list[dict[str, Any]]) -> dict[str, Any
 def create_bird() -> Any:
     started = time.perf_counter()
     m = maker()
-    body = json_body({"caption", "seed"})
+    body = json_body({"caption", "seed", "truncation"})
     caption = m.caption(body.get("caption"))
     seed = check_seed(body.get("seed"), m.settings.default_seed)
-    record = m.make(caption, [seed], maps=True, deadline=deadline())[0]
+    psi = check_truncation(body.get("truncation"), m.settings.truncation)
+    record = m.make(caption, [seed], maps=True, deadline=deadline(), truncation=psi)[0]
     bird = {name: record["urls"][name] for name in (*SCALES, *MAPS) if name in record["urls"]}
-    bird.update(describe(m, caption, seed, started))
+    bird.update(describe(m, caption, seed, started, psi))
     bird.update(cached=record["cached"], **storage_fields(m, [record]))
     return jsonify({"bird": bird, "request_id": g.request_id}), 201
 
@@ -107,7 +108,7 @@ def create_bird() -> Any:
 def create_birds() -> Any:
     started = time.perf_counter()
     m = maker()
-    body = json_body({"caption", "seed", "count"})
+    body = json_body({"caption", "seed", "count", "truncation"})
     caption = m.caption(body.get("caption"))
     limit = m.settings.max_images
     count = body.get("count", min(6, limit))
@@ -119,12 +120,13 @@ def create_birds() -> Any:
     if seed + count - 1 > 2**32 - 1:
         raise ApiError(400, "bad_seed", f"seed + count - 1 must stay below 2**32 (seeds used: seed .. seed+{count - 1})")
     seeds = [seed + i for i in range(count)]
-    records = m.make(caption, seeds, maps=False, deadline=deadline())
+    psi = check_truncation(body.get("truncation"), m.settings.truncation)
+    records = m.make(caption, seeds, maps=False, deadline=deadline(), truncation=psi)
     out: dict[str, Any] = {}
     for i, (s, record) in enumerate(zip(seeds, records), start=1):
         out[f"bird{i}"] = {**{n: record["urls"][n] for n in SCALES if n in record["urls"]}, "seed": s,
                            "cached": record["cached"]}
-    out.update(describe(m, caption, seed, started))
+    out.update(describe(m, caption, seed, started, psi))
     out.update(count=count, **storage_fields(m, records))
     return jsonify({"bird": out, "request_id": g.request_id}), 201
 
@@ -134,15 +136,16 @@ def bird_png() -> Any:
     m = maker()
     caption = m.caption(request.args.get("caption"))
     seed = check_seed(request.args.get("seed"), m.settings.default_seed)
+    psi = check_truncation(request.args.get("truncation"), m.settings.truncation)
     size = request.args.get("size", "large")
     if size not in SIZE_NAMES:
         raise ApiError(400, "bad_size", f"size must be one of 64, 128, 256, small, medium, large; got {size!r}")
-    record = m.make(caption, [seed], maps=False, deadline=deadline())[0]
+    record = m.make(caption, [seed], maps=False, deadline=deadline(), truncation=psi)[0]
     name = SIZE_NAMES[size]
     if name not in record["urls"]:  # a one-stage model has only its last scale
         name = [n for n in SCALES if n in record["urls"]][-1]
     data = m.png(record, name)
-    headers = {"X-Model-Version": m.version, "X-Seed": str(seed), "X-Cache": "hit" if record["cached"] else "miss",
+    headers = {"X-Model-Version": m.version, "X-Seed": str(seed), "X-Truncation": f"{psi:g}", "X-Cache": "hit" if record["cached"] else "miss",
                "X-Tokens": " ".join(caption.encoded.tokens), "X-Unknown-Words": " ".join(caption.unknown),
                "Cache-Control": "public, max-age=86400"}
     return Response(data, mimetype="image/png", headers=headers)
@@ -159,7 +162,7 @@ def model_info() -> Any:
         "vocabulary_size": len(m.vocab), "created": bundle.manifest.get("created"),
         "training": bundle.manifest.get("training", {}), "metrics": bundle.manifest.get("metrics", {}),
         "device": str(getattr(model, "device", "")) or None, "precision": getattr(model, "precision", None),
-        "candidates": m.settings.candidates,
+        "candidates": m.settings.candidates, "truncation": m.settings.truncation,
         "limits": {"max_caption_chars": m.settings.max_caption_chars, "max_images": m.settings.max_images,
                    "max_batch_size": m.settings.max_batch_size, "request_timeout_s": m.settings.request_timeout_s},
     })
@@ -237,7 +240,8 @@ def metrics() -> Any:
 def index() -> Any:
     m = maker()
     return render_template("index.html", examples=EXAMPLES, max_chars=m.settings.max_caption_chars,
-                           version=m.version, api_key_required=bool(m.settings.api_key))
+                           version=m.version, api_key_required=bool(m.settings.api_key),
+                           truncation=m.settings.truncation)
 
 
 @web.get("/images/<path:key>")

@@ -55,6 +55,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024
     default_seed: int = 100  # the original's fixed seed; same caption + seed -> same bird
     candidates: int = 1  # best of N: each bird is the best of N draws by the DAMSM encoders (N generator passes)
+    truncation: float = 1.0  # noise drawn at this times its spread: lower keeps closer to the caption, less variety
     # storage and cache
     bucket_name: str = ""  # S3 when set, else the local directory
     s3_prefix: str = "images/"
@@ -102,6 +103,8 @@ class Settings:
         need(0 <= self.default_seed < 2**32, "DEFAULT_SEED", "must be in 0 .. 2**32-1")
         need(1 <= self.candidates <= MAX_CANDIDATES, "CANDIDATES",
              f"must be between 1 and {MAX_CANDIDATES} (each bird the best of that many draws)")
+        need(0 <= self.truncation <= 1, "TRUNCATION",
+             f"must be between 0 and 1 (1: the paper's sampling), got {self.truncation!r}")
         need(self.workers >= 1, "WEB_CONCURRENCY", "must be at least 1")
         return self
 
@@ -126,6 +129,7 @@ _ENV: list[tuple[str, str, type]] = [
     ("MAX_BODY_BYTES", "max_body_bytes", int),
     ("DEFAULT_SEED", "default_seed", int),
     ("CANDIDATES", "candidates", int),
+    ("TRUNCATION", "truncation", float),
     ("BUCKET_NAME", "bucket_name", str),
     ("S3_PREFIX", "s3_prefix", str),
     ("S3_ENDPOINT_URL", "s3_endpoint_url", str),

@@ -81,14 +81,16 @@ def trunk_state(encoder: ImageEncoder) -> dict[str, torch.Tensor]:
 
 def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, size: int = 128, seed: int = 0,
                    held_out: int = 1000, batch_size: int = 64, progress: bool = True, pool: str = "mean",
-                   parts: list[str] | None = None) -> dict[str, Any]:
+                   parts: list[str] | None = None, device: str = "auto") -> dict[str, Any]:
     """Render, train, judge on held-out renders, write `out` (safetensors); returns the metadata written.
+    `device` auto trains on the GPU when there is one (rendering stays on the CPU).
     `pool` "attention" makes a detail backbone (TRAIN.DETAIL_BACKBONE) rather than DAMSM's; `parts` limits the
     heads (all of them teach the trunk best: the small parts alone learnt nothing, models/README.md)."""
     from safetensors.torch import save_file
 
     from trainer.data.synth import ATTRIBUTE_VALUES
     from trainer.evaluate import faithfulness as fz
+    from trainer.evaluate.run import resolve_device
 
     if renders < batch_size:
         raise AttnGANError(f"--renders must be at least the batch size ({batch_size}), got {renders}")
@@ -100,6 +102,7 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     if unknown:
         raise AttnGANError(f"--parts: no part {unknown[0]!r}; the parts are {', '.join(ATTRIBUTE_VALUES)}")
     out = Path(out)
+    dev = str(resolve_device(device))
     parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items() if not parts or p in parts}
     t0 = time.perf_counter()
     images, records = fz.render_set(renders, seed, size=size, progress=progress, desc="backbone: renders",
@@ -111,9 +114,11 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     model = PartHeads(parts, size, pool)
     t1 = time.perf_counter()
     fz.fit_attributes(model, images, fz.encode_labels(records, parts), epochs=epochs, batch_size=batch_size,
-                      seed=seed, progress=progress, desc="backbone")
+                      seed=seed, progress=progress, desc="backbone", device=dev)
     train_seconds = time.perf_counter() - t1
-    acc = fz.per_part_accuracy(fz.predict(model, val_images), fz.encode_labels(val_records, parts), parts)
+    acc = fz.per_part_accuracy(fz.predict(model, val_images, device=dev), fz.encode_labels(val_records, parts),
+                               parts)
+    model.cpu()
     meta = {"format": "attngan-small-image-backbone", "version": 1, "size": size, "renders": renders,
             "parts": parts, "pool": pool,
             "epochs": epochs, "seed": seed, "train_seconds": round(train_seconds, 1),
@@ -129,9 +134,9 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
         trunk = trunk_state(model.encoder)
     save_file({**trunk, **heads}, str(tmp), metadata={"attngan": json.dumps(meta)})
     tmp.replace(out)
-    log.info("backbone: %.1f%% of parts right on %d held-out renders (%s), trained in %.0f s -> %s",
+    log.info("backbone: %.1f%% of parts right on %d held-out renders (%s), trained in %.0f s on %s -> %s",
              100 * acc["accuracy"], held_out,
-             ", ".join(f"{p} {100 * v:.0f}%" for p, v in acc["per_part"].items()), train_seconds, out)
+             ", ".join(f"{p} {100 * v:.0f}%" for p, v in acc["per_part"].items()), train_seconds, dev, out)
     return meta
 
 

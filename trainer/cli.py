@@ -40,6 +40,7 @@ def register(subparsers: Any) -> None:
                           help="heads on the global code (mean: DAMSM's IMAGE_BACKBONE) or on each part's spatial "
                           "attention over the trunk's map (attention: a TRAIN.DETAIL_BACKBONE for small parts)")
     backbone.add_argument("--parts", default="", help="comma-separated parts to learn (default: all)")
+    backbone.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda[:N]")
     backbone.set_defaults(func=_train_backbone)
     train.set_defaults(func=lambda args: (train.print_help(), 2)[1])
 
@@ -75,7 +76,8 @@ def _train_backbone(args: argparse.Namespace) -> int:
     from trainer.backbone import train_backbone
 
     meta = train_backbone(args.out, renders=args.renders, epochs=args.epochs, size=args.size, seed=args.seed,
-                          pool=args.pool, parts=[p for p in args.parts.split(",") if p] or None)
+                          pool=args.pool, parts=[p for p in args.parts.split(",") if p] or None,
+                          device=args.device)
     print(f"{args.out}: {100 * meta['held_out_accuracy']:.1f}% of parts right on {meta['held_out_renders']} "
           "held-out renders")
     return 0

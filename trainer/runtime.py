@@ -41,7 +41,12 @@ def select_device(cfg: Config, info: DistInfo) -> torch.device:
     if cfg.CUDA and torch.cuda.is_available():
         index = info.local_rank if info.enabled else cfg.GPU_ID
         torch.cuda.set_device(index)
-        torch.backends.cudnn.benchmark = True  # as the original; fixed input sizes
+        if cfg.TRAIN.DETERMINISTIC:
+            # cuBLAS needs a fixed workspace for repeatable sums; it is read when cuBLAS first starts
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = not cfg.TRAIN.DETERMINISTIC  # as the original; fixed input sizes
+        torch.backends.cudnn.deterministic = cfg.TRAIN.DETERMINISTIC
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return torch.device("cuda", index)

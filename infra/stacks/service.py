@@ -117,6 +117,7 @@ class ServiceStack(Stack):
                 "AWS_REGION": Aws.REGION,
                 "DEVICE": "cuda" if cfg.gpu else "cpu",
                 "CANDIDATES": str(cfg.candidates),
+                "TRUNCATION": str(cfg.truncation),
             },
             secrets={"MODEL_URI": ecs.Secret.from_ssm_parameter(storage.model_parameter)},
             logging=ecs.LogDrivers.aws_logs(stream_prefix="api", log_group=log_group),

@@ -4,6 +4,7 @@
 const form = document.getElementById("caption-form");
 const captionBox = document.getElementById("caption");
 const seedBox = document.getElementById("seed");
+const truncationBox = document.getElementById("truncation");
 const keyBox = document.getElementById("api-key");
 const button = document.getElementById("generate");
 const errorBox = document.getElementById("error");
@@ -29,6 +30,7 @@ async function draw() {
   button.disabled = true;
   const body = { caption: captionBox.value };
   if (seedBox.value !== "") body.seed = Number(seedBox.value);
+  body.truncation = Number(truncationBox.value);
   const headers = { "Content-Type": "application/json" };
   if (keyBox && keyBox.value) headers["X-API-Key"] = keyBox.value;
   try {
@@ -55,7 +57,10 @@ async function draw() {
     if (bird.unknown.length) words.title = "struck-out words are not in the model's vocabulary and were ignored";
     result.hidden = false;
     const where = bird.storage === "inline" ? " (storage unavailable: images inline)" : "";
-    const bestOf = bird.candidates > 1 ? ` (best of ${bird.candidates} draws)` : "";
+    const draws = [];
+    if (bird.candidates > 1) draws.push(`best of ${bird.candidates} draws`);
+    if (bird.truncation !== undefined && bird.truncation < 1) draws.push(`truncation ${bird.truncation}`);
+    const bestOf = draws.length ? ` (${draws.join(", ")})` : "";
     statusBox.textContent = `seed ${bird.seed}${bestOf}, ${bird.cached ? "from cache" : "drawn"} in ` +
       `${bird.elapsed.toFixed(2)} s${where}`;
   } catch (e) {

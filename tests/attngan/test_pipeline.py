@@ -101,6 +101,33 @@ def test_best_of_n_checks_its_count_and_needs_an_image_encoder(lively_bundle, ra
         TextToImage.from_bundle(lively_bundle, candidates=2)
 
 
+def test_truncation_scales_the_noise_between_the_seed_image_and_the_caption_mean(lively_bundle, t2i):
+    """psi 1 is the plain sampling; psi 0 gives one image per caption whatever the seed; psi 0.5 is the seed's own
+    noise at half its spread, so it lies between the two."""
+    caption = [t2i.prepare("this bird has a red crown and black wings")]
+    plain = [t2i.generate(caption, [s])[0].images[-1] for s in (1, 2)]
+    same = TextToImage.from_bundle(lively_bundle, precision="fp32", truncation=1.0)
+    assert np.array_equal(pixels(same.generate(caption, [1])[0].images[-1]), pixels(plain[0]))
+    mean = TextToImage.from_bundle(lively_bundle, precision="fp32", truncation=0)
+    means = [mean.generate(caption, [s])[0].images[-1] for s in (1, 2)]
+    assert np.array_equal(pixels(means[0]), pixels(means[1]))
+    half = TextToImage.from_bundle(lively_bundle, precision="fp32", truncation=0.5).generate(caption, [1])[0].images[-1]
+
+    def gap(a, b) -> float:
+        return float(np.abs(pixels(a) - pixels(b)).mean())
+
+    assert 0 < gap(half, means[0]) < gap(plain[0], means[0]) and 0 < gap(half, plain[0])
+    mixed = t2i.generate(caption * 3, [1, 1, 2], truncations=[0, None, 0.0])  # one batch, each its own
+    for got, expected in zip(mixed, (means[0], plain[0], means[0])):  # batched: within a grey level
+        assert np.abs(pixels(got.images[-1]) - pixels(expected)).max() <= 1
+        assert gap(got.images[-1], expected) < gap(got.images[-1], plain[0] if expected is means[0] else means[0])
+    with pytest.raises(AttnGANError, match="truncations"):
+        t2i.generate(caption, [1], truncations=[0.5, 0.5])
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(AttnGANError, match="truncation must be a number from 0 to 1"):
+            TextToImage.from_bundle(lively_bundle, truncation=bad)
+
+
 def test_bf16_images_are_close_to_fp32(lively_bundle, t2i):
     """Tolerance: mean absolute difference under 4 of 255 grey levels on every stage's image."""
     bf16 = TextToImage.from_bundle(lively_bundle, precision="bf16")

@@ -151,8 +151,11 @@ def test_config_errors_name_the_key_and_the_fix():
     assert "domainName, hostedZoneId and hostedZoneName" in error(domainName="api.example.org")
     assert "immutable" in error(imageTag="latest")
     assert "candidates: must be 1..32" in error(candidates="0")
+    assert "truncation: must be 0..1" in error(truncation="1.5")
+    assert "truncation: expected float" in error(truncation="half")
     cfg = load_env_config(read_cdk_context(overrides={"imageTag": TAG, "serviceMax": "1", "computeType": "cpu"}))
     assert cfg.instance_type == "c7i.2xlarge" and cfg.service_dockerfile == "service/Dockerfile.cpu"
+    assert load_env_config(read_cdk_context(overrides={"imageTag": TAG, "truncation": "0.5"})).truncation == 0.5
 
 
 def test_app_reports_a_config_error_in_one_line():

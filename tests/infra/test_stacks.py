@@ -187,6 +187,7 @@ def test_cpu_option_drops_the_gpu(dev_cpu):
     assert "ResourceRequirements" not in c
     env = {e["Name"]: e["Value"] for e in c["Environment"]}
     assert env["DEVICE"] == "cpu" and env["CANDIDATES"] == "1"  # best of N is off unless configured
+    assert env["TRUNCATION"] == "1.0"  # the paper's sampling unless configured
 
 
 # --- training ------------------------------------------------------------------------------------------

@@ -257,6 +257,51 @@ def test_best_of_n_serves_the_ranked_bird_under_its_own_cache_key(ranked_bundle_
             app.extensions["attngan"].engine.stop()
 
 
+def test_truncation_serves_the_truncated_bird_under_its_own_cache_key(bundle_dir, tmp_path):
+    """TRUNCATION=0: every seed of a caption gets the caption's one mean bird, and a plain server sharing the storage
+    neither serves it nor is served it for the same seed; a request's own `truncation` overrides the server's."""
+    import numpy as np
+
+    from service.app import create_app
+
+    apps = {psi: create_app({"bundle_dir": str(bundle_dir), "image_dir": str(tmp_path), "precision": "fp32",
+                             "torch_threads": 1, "warmup": False, "truncation": psi}) for psi in (1.0, 0.0)}
+    try:
+        caption = "a small blue bird with a white belly"
+        large: dict[float, list[np.ndarray]] = {1.0: [], 0.0: []}
+        for seed in (1, 2):
+            for psi, app in apps.items():
+                assert app.extensions["attngan"].engine.wait_ready(60)
+                r = app.test_client().post(BIRD, json={"caption": caption, "seed": seed})
+                assert r.status_code == 201
+                bird = r.get_json()["bird"]
+                assert bird["truncation"] == psi and bird["cached"] is False
+                large[psi].append(np.asarray(png_at(app.test_client(), bird["large"]), dtype=np.int16))
+        assert np.array_equal(large[0.0][0], large[0.0][1])  # no noise left: the seed does not matter
+        assert not np.array_equal(large[1.0][0], large[1.0][1])
+        assert not np.array_equal(large[1.0][0], large[0.0][0])
+        assert apps[0.0].test_client().get("/api/v1.0/model").get_json()["truncation"] == 0.0
+
+        plain = apps[1.0].test_client()  # asking the plain server for truncation 0: the mean bird, from the cache
+        r = plain.post(BIRD, json={"caption": caption, "seed": 2, "truncation": 0})
+        bird = r.get_json()["bird"]
+        assert r.status_code == 201 and bird["truncation"] == 0.0 and bird["cached"] is True
+        assert np.array_equal(np.asarray(png_at(plain, bird["large"]), dtype=np.int16), large[0.0][0])
+        r = plain.get("/api/v1.0/bird.png", query_string={"caption": caption, "seed": 7, "truncation": "0"})
+        assert r.status_code == 200 and r.headers["X-Truncation"] == "0" and r.headers["X-Cache"] == "miss"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.data)), dtype=np.int16), large[0.0][0])
+        r = plain.post("/api/v1.0/birds", json={"caption": caption, "count": 2, "truncation": 0.5})
+        assert r.status_code == 201 and r.get_json()["bird"]["truncation"] == 0.5
+        for bad in (1.5, -0.1, "half", True, [0.5]):
+            r = plain.post(BIRD, json={"caption": caption, "truncation": bad})
+            assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_truncation", bad
+        r = plain.get("/api/v1.0/bird.png", query_string={"caption": caption, "truncation": "lots"})
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "bad_truncation"
+    finally:
+        for app in apps.values():
+            app.extensions["attngan"].engine.stop()
+
+
 def test_missing_or_corrupt_bundle_refuses(bundle_dir, tmp_path):
     import shutil
 
@@ -278,7 +323,8 @@ def test_settings_from_env_checks_values():
     assert s.bundle_dir == "x/y" and s.max_batch_size == 8 and s.storage_kind == "s3" and s.warmup is False
     assert from_env({"BUNDLE_DIR": "a", "MODEL_BUNDLE": "b"}).bundle_dir == "a"
     for env in ({"MAX_BATCH_SIZE": "lots"}, {"MAX_BATCH_SIZE": "0"}, {"PRECISION": "fp8"},
-                {"STORAGE_FALLBACK": "maybe"}, {"URL_EXPIRY": "0"}, {"CANDIDATES": "0"}, {"CANDIDATES": "33"}):
+                {"STORAGE_FALLBACK": "maybe"}, {"URL_EXPIRY": "0"}, {"CANDIDATES": "0"}, {"CANDIDATES": "33"},
+                {"TRUNCATION": "1.5"}, {"TRUNCATION": "-0.1"}, {"TRUNCATION": "half"}):
         with pytest.raises(AttnGANError):
             from_env(env)
     assert "s3cret" not in repr(from_env({"API_KEY": "s3cret"}))
@@ -286,3 +332,4 @@ def test_settings_from_env_checks_values():
     from service.settings import MAX_CANDIDATES as SETTINGS_MAX
 
     assert from_env({"CANDIDATES": "8"}).candidates == 8 and SETTINGS_MAX == MAX_CANDIDATES
+    assert from_env({"TRUNCATION": "0.5"}).truncation == 0.5

@@ -96,9 +96,9 @@ def test_auto_precision_skips_bf16_on_a_cpu_that_emulates_it(bundle_dir, caplog,
     loaded: list[str] = []
     real = TextToImage.from_bundle.__func__
 
-    def spy(cls, path, device="cpu", precision="auto", candidates=1):
+    def spy(cls, path, device="cpu", precision="auto", candidates=1, truncation=1.0):
         loaded.append(precision)
-        return real(cls, path, device=device, precision=precision, candidates=candidates)
+        return real(cls, path, device=device, precision=precision, candidates=candidates, truncation=truncation)
 
     monkeypatch.setattr(TextToImage, "from_bundle", classmethod(spy))
     with caplog.at_level("INFO", logger="service.app"):

@@ -47,9 +47,16 @@ def test_web_page_draws_a_bird_with_attention_maps(browser, start_server):
                            "&& document.getElementById('img-map2').naturalWidth > 256")
     tokens = page.locator(".words .token").all_text_contents()
     assert tokens[:3] == ["the", "bird", "has"]
-    assert "seed 100" in page.text_content("#status")
+    assert "seed 100" in page.text_content("#status") and "truncation" not in page.text_content("#status")
     if os.environ.get("WEB_SCREENSHOT"):
         page.screenshot(path=os.environ["WEB_SCREENSHOT"], full_page=True)
+
+    # less variety: the request carries the chosen truncation and the status says which
+    large = page.get_attribute("#img-large", "src")
+    page.select_option("#truncation", "0.5")
+    page.click("#generate")
+    page.wait_for_function(f"document.getElementById('img-large').getAttribute('src') !== {large!r}", timeout=60000)
+    assert "truncation 0.5" in page.text_content("#status")
 
     # errors are shown plainly, not as a broken page
     page.fill("#caption", "xyzzy plugh")

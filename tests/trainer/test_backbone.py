@@ -338,3 +338,12 @@ def test_bad_backbone_files_are_one_line(birds, tmp_path):
                          cwd=REPO, env=subprocess_env(), timeout=120, check=False)
     assert res.returncode != 0 and "no part 'eye_ring'" in res.stderr and "eyering" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    bad_devices = [("bogus", "use auto, cpu, cuda or cuda:N")]
+    if not torch.cuda.is_available():
+        bad_devices.append(("cuda", "CUDA is not available"))
+    for device, expected in bad_devices:  # refused before any rendering
+        res = subprocess.run([PYTHON, "-m", "attngan.cli", "train", "backbone", "--out", str(tmp_path / "x.safetensors"),
+                              "--device", device], capture_output=True, text=True, cwd=REPO, env=subprocess_env(),
+                             timeout=120, check=False)
+        assert res.returncode == 1 and expected in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr

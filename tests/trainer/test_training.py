@@ -200,7 +200,7 @@ def test_torchrun_two_processes_on_cpu_trains_and_checkpoints(birds, tmp_path):
     out = tmp_path / "ddp"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "attngan.cli",
            "train", "damsm", "--cfg", DAMSM_CFG, "--data-dir", str(birds), "--output-dir", str(out),
-           *sets(TINY_DAMSM), *sets(["TRAIN.MAX_STEPS=3", "TRAIN.BATCH_SIZE=4"])]
+           *sets(TINY_DAMSM), *sets(["TRAIN.MAX_STEPS=3", "TRAIN.BATCH_SIZE=4", "CUDA=false"])]
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "world size 2" in res.stderr
@@ -249,7 +249,7 @@ def test_torchrun_two_processes_train_the_gan(birds, damsm_run, tmp_path):
     out = tmp_path / "ddp-gan"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "attngan.cli",
            "train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), "--output-dir", str(out), *sets(TINY_GAN),
-           *sets(["TRAIN.MAX_STEPS=3", "TRAIN.BATCH_SIZE=4", f"TRAIN.NET_E={text}"])]
+           *sets(["TRAIN.MAX_STEPS=3", "TRAIN.BATCH_SIZE=4", f"TRAIN.NET_E={text}", "CUDA=false"])]
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     state = torch.load(out / "checkpoint.pt", weights_only=True)

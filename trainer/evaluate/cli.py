@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="best of N per caption, ranked by the bundle's DAMSM encoders as `attngan generate "
                         "--candidates N` serves (default 1: the plain generator; N times the generation time; "
                         "R-precision then uses the ranking encoders twice and is marked so)")
+    p.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                   help="noise drawn at PSI times its spread, 0..1, as `attngan generate --truncation PSI` serves "
+                        "(default 1: the paper's sampling); the untrained baseline gets the same noise")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                        data_format=args.data_format, samples=args.samples, untrained=not args.no_untrained,
                        classifier_epochs=args.classifier_epochs,
                        judge_renders=args.judge_renders, judge=args.judge, progress=not args.quiet,
-                       precision=args.precision, candidates=args.candidates)
+                       precision=args.precision, candidates=args.candidates,
+                       truncation=args.truncation)
     metrics = evaluate(opts)
     print(f"{summary_line(metrics)}\nwrote {opts.out / 'metrics.json'}, {opts.out / 'report.md'} "
           f"({metrics['protocol']['seconds']:.0f} s)")

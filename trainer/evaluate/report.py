@@ -161,6 +161,8 @@ def render_markdown(m: dict[str, Any]) -> str:
     k = m["protocol"].get("candidates", 1)
     best_of = (f" (each the best of {k} candidates by the bundle's DAMSM encoders, as `attngan generate "
                f"--candidates {k}` serves)" if k > 1 else "")
+    psi = m["protocol"].get("truncation", 1.0)
+    best_of += f", noise truncated to {psi:g} of its spread (`--truncation {psi:g}`)" if psi != 1 else ""
     L += [f"# Evaluation of bundle `{b['version']}`", "",
           (f"- Bundle: `{b['path']}`; data: `{d['path']}` ({d['split']} split, {d['n_items']} images, "
           f"{d['n_classes']} classes); {m['protocol']['n_images']} generated images{best_of}, seed "

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from attngan.bundle import Bundle, load_bundle
 from attngan.config import load_config
 from attngan.errors import AttnGANError
-from attngan.pipeline import check_candidates
+from attngan.pipeline import check_candidates, check_truncation
 from attngan.render import save_palette_png
 from attngan.text import pad_caption
 from trainer.evaluate import complexity, faithfulness, report
@@ -60,6 +60,7 @@ class EvalOptions:
     judge: str = ""  # an attribute judge from another evaluation, so two models are scored by the same judge
     progress: bool = True
     precision: str = "fp32"  # fp32 (the reference) | bf16 (autocast, the serving fast path), to compare metrics
+    truncation: float = 1.0  # noise drawn at this times its spread (what `attngan generate --truncation` serves)
 
 
 @dataclass
@@ -80,7 +81,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AttnGANError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise AttnGANError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 def load_test_set(data: Path, bundle: Bundle, data_format: str) -> TestSet:
@@ -521,6 +525,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     if opts.inception_weights and not Path(opts.inception_weights).is_file():
         raise AttnGANError(f"--inception-weights {opts.inception_weights}: file not found")
     check_candidates(opts.candidates)
+    psi = check_truncation(opts.truncation)
     if opts.judge and not Path(opts.judge).is_file():
         raise AttnGANError(f"--judge {opts.judge}: file not found (give another evaluation's {faithfulness.CACHE_NAME})")
     logs_dirs = check_logs(opts.logs)
@@ -538,7 +543,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     items = plan_items(ts, opts.images, opts.seed)
     g = torch.Generator().manual_seed(opts.seed)
     k = opts.candidates
-    z_all, eps_all = item_noise(g, len(items), k, mc.z_dim, mc.condition_dim)
+    z_all, eps_all = (psi * noise for noise in item_noise(g, len(items), k, mc.z_dim, mc.condition_dim))
     common: dict[str, Any] = {"items": items, "ts": ts, "words_num": mc.words_num, "batch_size": opts.batch_size,
                               "device": device, "progress": opts.progress, "precision": opts.precision}
     desc = "generating (trained)" if k == 1 else f"generating (trained, best of {k})"
@@ -552,7 +557,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         "data": {"path": str(opts.data), "split": "test", "n_items": len(ts.dataset),
                  "n_classes": len(set(ts.dataset.class_ids)), "unknown_word_rate": ts.unknown_rate},
         "protocol": {"n_images": len(items), "seed": opts.seed, "device": str(device), "folds": opts.folds,
-                     "precision": opts.precision, "candidates": k},
+                     "precision": opts.precision, "candidates": k, "truncation": psi},
     }
 
     # R-precision (DM-GAN protocol)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from attngan.cli import main
@@ -190,6 +191,31 @@ def test_best_of_n_keeps_for_each_caption_an_image_the_encoders_match_at_least_a
     code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
                            "--candidates", "0")
     assert code == 1 and "from 1 to 32" in err
+
+
+def test_truncation_reaches_the_generator_and_the_report(tmp_path, tiny_data, tiny_bundle_dir, capsys, monkeypatch):
+    from trainer.evaluate import run as evaluate_run
+
+    spreads = []
+    real_pass = evaluate_run.generation_pass
+
+    def spy(*args, **kwargs):
+        spreads.append(float(kwargs["z_all"].std()) + float(kwargs["eps_all"].std()))
+        return real_pass(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_run, "generation_pass", spy)
+    out = tmp_path / "psi"
+    for psi in ("1", "0.5", "0"):
+        code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
+                               "--images", "12", "--samples", "0", "--no-untrained", "--truncation", psi)
+        assert code == 0, err
+    assert spreads[2] == 0 and spreads[1] == pytest.approx(spreads[0] / 2)  # the same draws, scaled
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"]["truncation"] == 0.0
+    assert "noise truncated to 0 of its spread" in (out / "report.md").read_text()
+    code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
+                           "--truncation", "2")
+    assert code == 1 and "truncation must be a number from 0 to 1" in err
 
 
 def test_training_curves_show_each_step_once_across_resumes(tmp_path):

@@ -103,6 +103,7 @@ def test_a_generator_that_is_not_attngan_is_refused(capsys, tmp_path, original_r
         (["generate", "--captions-file", "c.txt"], "needs --out-dir"),
         (["generate", "a red bird", "--bundle", "{lively}", "--candidates", "2"], "has none"),
         (["generate", "a red bird", "--bundle", "{lively}", "--candidates", "0"], "from 1 to 32"),
+        (["generate", "a red bird", "--bundle", "{lively}", "--truncation", "1.5"], "truncation must be a number"),
     ],
 )
 def test_generate_errors_are_one_line(capsys, monkeypatch, tmp_path, lively_bundle, argv, message):
@@ -116,6 +117,20 @@ def test_generate_best_of_n_says_which_candidate_it_kept(capsys, tmp_path, ranke
                          "--candidates", "3", "-o", str(tmp_path / "b.png"))
     assert code == 0, err
     assert "best of 3: candidate " in out and (tmp_path / "b.png").is_file()
+
+
+def test_generate_truncation_zero_draws_one_bird_per_caption(capsys, tmp_path, lively_bundle):
+    import numpy as np
+    from PIL import Image
+
+    paths = []
+    for seed in ("1", "2"):
+        paths.append(tmp_path / f"b{seed}.png")
+        code, out, err = run(capsys, "generate", "--bundle", str(lively_bundle), "this bird has a red crown",
+                             "--truncation", "0", "--seed", seed, "-o", str(paths[-1]))
+        assert code == 0 and "truncation 0" in out, err
+    a, b = (np.asarray(Image.open(p)) for p in paths)
+    assert np.array_equal(a, b)
 
 
 def test_default_bundle_comes_from_the_environment(capsys, monkeypatch, tmp_path, lively_bundle):

@@ -94,8 +94,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--grid", metavar="PNG", help="instead: only a grid of the sample captions x 4 seeds")
     parser.add_argument("--title", default="", help="the grid's title (default: the bundle's version)")
+    parser.add_argument("--truncation", type=float, default=1.0,
+                        help="the noise's spread, as `attngan generate --truncation` (default 1)")
     args = parser.parse_args()
-    t2i = TextToImage.from_bundle(args.bundle, precision="fp32")
+    t2i = TextToImage.from_bundle(args.bundle, precision="fp32", truncation=args.truncation)
     if args.grid:
         title = args.title or f"model {t2i.version}: 256 px images, seeds {args.seed}-{args.seed + 3}"
         save_palette_png(sample_grid(t2i, [*SAMPLE_CAPTIONS, CHALLENGE_CAPTION], 4, args.seed, title), args.grid)

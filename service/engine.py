@@ -179,9 +179,8 @@ class Engine:
             return
         start = time.monotonic()
         try:
-            truncations = [j.truncation for j in batch]
             results = self.model.generate([j.caption for j in batch], [j.seed for j in batch],
-                                          *([truncations] if any(t is not None for t in truncations) else []))
+                                          [j.truncation for j in batch])
         except Exception as exc:
             log.exception("generation failed")
             for job in batch:

@@ -113,7 +113,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_one(t2i: Any, caption: str, output: Path, seed: int) -> int:
-    from attngan.render import attention_grid
 
     encoded = t2i.prepare(caption)
     result = t2i.generate([encoded], [seed])[0]
@@ -123,9 +122,8 @@ def _generate_one(t2i: Any, caption: str, output: Path, seed: int) -> int:
     image_paths, map_paths = _output_paths(output, t2i.config.image_sizes, len(result.attention))
     for image, path in zip(result.images, image_paths):
         image.save(path)
-    for k, (attn, path) in enumerate(zip(result.attention, map_paths)):
-        image = result.images[min(k + 1, len(result.images) - 1)]  # overlay on the stage the attention fed
-        attention_grid(image, attn, result.tokens).save(path)
+    for grid, path in zip(result.attention_grids(), map_paths):
+        grid.save(path)
     print(f"words used: {' '.join(result.tokens)}")
     if encoded.unknown:
         print(f"unknown words (ignored): {' '.join(encoded.unknown)}")

@@ -48,6 +48,17 @@ class Generated:
     candidate: int = 0  # which of the seed's candidates this is (0 without best-of-N)
     score: float | None = None  # its DAMSM caption-image cosine, when candidates were ranked
 
+    def attention_grids(self) -> list[Image.Image]:
+        """One per-word attention grid per attentional stage, over the image of the stage it fed.
+
+        Attention belongs to the last stages (128 and 256 px; with GAN.WORD_ATTN_64 the 64 px one first). A DCGAN
+        bundle has one image, under both of its maps."""
+        from attngan.render import attention_grid
+
+        first = len(self.images) - len(self.attention)
+        return [attention_grid(self.images[max(0, first + k)], attn, self.tokens)
+                for k, attn in enumerate(self.attention)]
+
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX512-BF16 (native bf16 dot products). Elsewhere, AVX512 ones included, bf16 is

@@ -11,6 +11,7 @@ F.glu gives it), so the GAN is measured both ways: every net channels-last, and 
 
     python bench/train.py                       # synth, default and bird configs; writes docs/benchmarks.md
     python bench/train.py --configs default,default64 --no-write
+    python bench/train.py --configs default64,default64_attn64 --no-write   # what word attention at 64 px costs
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ CONFIGS = {  # name: (DAMSM config, GAN config)
     "default64": (CFG / "default/damsm.yml", CFG / "default/gan_64.yml"),  # ... and its 64 px stage 1
     "bird": (CFG / "DAMSM/bird.yml", CFG / "bird_attn2.yml"),
 }
+VARIANTS = {  # name: (config it varies, GAN overrides); its GAN rate is also printed against that config's
+    "default64_attn64": ("default64", ["GAN.WORD_ATTN_64=true"]),  # stage 1 with word attention at 64 px
+}
 
 
 @dataclass
@@ -54,10 +58,11 @@ SETTINGS = [Setting("fp32 (baseline)", False, False, False),
 def load_cfgs(name: str):
     from attngan.config import load_config
 
-    if name not in CONFIGS:
-        raise SystemExit(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
-    damsm, gan = CONFIGS[name]
-    return load_config(damsm), load_config(gan)
+    base, overrides = VARIANTS.get(name, (name, []))
+    if base not in CONFIGS:
+        raise SystemExit(f"unknown config {name!r}; choose from {', '.join([*CONFIGS, *VARIANTS])}")
+    damsm, gan = CONFIGS[base]
+    return load_config(damsm), load_config(gan, overrides)
 
 
 def fake_batch(cfg, n_words: int, batch: int, sizes: list[int], device: str, seed: int = 0):
@@ -216,14 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {describe(mach)}", flush=True)
     t_start = time.perf_counter()
     rows, notes = [], []
+    rates: dict[tuple[str, str, str], float] = {}
     measured_damsm: set[Path] = set()
     peaks: dict[str, float] = {}  # measured matmul FLOP/s per dtype: this machine's practical ceiling
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         damsm_cfg, gan_cfg = load_cfgs(name)
         n_words = args.n_words or (5450 if name == "bird" else 400)
         stages = [("GAN", gan_cfg, gan_step_fn)]
-        if CONFIGS[name][0] not in measured_damsm:  # default64 shares default's DAMSM
-            measured_damsm.add(CONFIGS[name][0])
+        damsm_path = CONFIGS[VARIANTS.get(name, (name,))[0]][0]
+        if damsm_path not in measured_damsm:  # default64 shares default's DAMSM
+            measured_damsm.add(damsm_path)
             stages.insert(0, ("DAMSM", damsm_cfg, damsm_step_fn))
         for kind, cfg, fn in stages:
             batch = args.batch or (cfg.TRAIN.BATCH_SIZE if gpu or name != "bird" else 2)
@@ -243,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 its = 1 / t["median"]
                 base = base or its
+                rates[(name, kind, s.name)] = its
                 print(f"  {name:5s} {kind:5s} batch {batch:3d} {s.name:36s} {its:8.3f} it/s "
                       f"({its * batch:7.1f} images/s, {t['runs']} runs)", flush=True)
                 dtype = "bf16" if "bf16" in s.name else "fp32"
@@ -253,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"{flops / 1e9:.1f}", f"{achieved / 1e12:.3f}",
                              f"{100 * achieved / peaks[dtype]:.1f}% of {peaks[dtype] / 1e12:.2f} ({dtype})"])
                 del step
+        if name in VARIANTS:
+            of = VARIANTS[name][0]
+            same = [f"{setting}: {ratio(its, rates[(of, kind, setting)])}" for (n, kind, setting), its in rates.items()
+                    if n == name and (of, kind, setting) in rates]
+            if same:
+                notes.append(f"{name} GAN iterations/s against {of}'s in this run: {'; '.join(same)}.")
         if args.data:
             rate = loader_rate(gan_cfg, Path(args.data), gan_cfg.TRAIN.BATCH_SIZE, 3.0)
             if rate:
@@ -271,7 +285,7 @@ batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (b
 FLOPs per iteration are counted with `torch.utils.flop_counter` over one step (matmuls and convolutions, forward
 and backward); the peak is a large square matmul measured in the same run, the practical ceiling of this machine.
 `default64` is the default model's 64 px stage 1 (`trainer/cfg/default/gan_64.yml`), `default` its three-stage
-stage 2. "G NCHW" is what the trainer does on CPU: the generator stays in the NCHW layout while the image encoder
+stage 2, `default64_attn64` stage 1 with `GAN.WORD_ATTN_64=true`. "G NCHW" is what the trainer does on CPU: the generator stays in the NCHW layout while the image encoder
 and discriminators are channels-last, because with channels-last inputs its BatchNorms get NCHW gradients from
 F.glu, and that mixed-format backward is several times slower than either layout alone on CPU.
 

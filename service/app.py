@@ -20,7 +20,7 @@ from typing import Any
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from service.core import ApiError, BirdMaker
+from service.core import MAPS, ApiError, BirdMaker
 from service.engine import Engine
 from service.metrics import Metrics
 from service.model_source import resolve_model
@@ -89,13 +89,9 @@ def load_model(settings: Settings, bundle_path: str) -> Any:
 
 
 def render_maps(generated: Any) -> list[Any]:
-    from attngan.render import attention_grid
-
-    out = []
-    for k, attention in enumerate(generated.attention):
-        image = generated.images[k + 1] if k + 1 < len(generated.images) else generated.images[-1]
-        out.append(attention_grid(image, attention, generated.tokens))
-    return out
+    """map1 and map2: the attention grids of the 128 and 256 px stages (a model with word attention at 64 px too
+    has a third, first, which the API does not name)."""
+    return generated.attention_grids()[-len(MAPS):]
 
 
 def _fatal(message: str) -> None:

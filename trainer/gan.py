@@ -443,12 +443,13 @@ def load_grown_generator(netG: torch.nn.Module, state: dict[str, torch.Tensor], 
     foreign = [k for k in state if k not in own]
     if foreign:
         raise AttnGANError(f"{source} does not fit the config: it has {foreign[0]}, which this generator lacks "
-                           "(more stages, or DCGAN vs attention stages)")
+                           "(more stages, DCGAN vs attention stages, or GAN.WORD_ATTN_64)")
     wrong = [k for k in state if own[k].shape != state[k].shape]
     if wrong:
         k = wrong[0]
         raise AttnGANError(f"{source} does not fit the config: {k} is {tuple(state[k].shape)}, the config makes "
-                           f"{tuple(own[k].shape)} (GF_DIM, Z_DIM, CONDITION_DIM or the vocabulary differ)")
+                           f"{tuple(own[k].shape)} (GF_DIM, Z_DIM, CONDITION_DIM, GAN.WORD_ATTN_64 or the vocabulary "
+                           "differ)")
     grown = sorted({k.split(".")[0] for k in own if k not in state})
     if any(not (m.startswith(("h_net", "img_net")) and m[-1] in "23") for m in grown):
         raise AttnGANError(f"{source} does not fit the config: it lacks {', '.join(grown)}; only the 128 and "

@@ -3,9 +3,12 @@ the attention mask (correct by default, the original's behaviour behind a flag),
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from attngan.errors import AttnGANError
 from attngan.model import (
     Discriminator64,
     Discriminator128,
@@ -212,7 +215,6 @@ def test_inception_encoder_loads_torchvision_weights_and_keeps_bn_frozen(tmp_pat
     feats, code = loaded.eval()(torch.rand(1, 3, 64, 64) * 2 - 1)
     assert tuple(feats.shape) == (1, 32, 17, 17) and tuple(code.shape) == (1, 32)
 
-    from attngan.errors import AttnGANError
 
     del trunk["Mixed_7c.branch_pool.conv.weight"]
     torch.save(trunk, path)
@@ -223,8 +225,35 @@ def test_inception_encoder_loads_torchvision_weights_and_keeps_bn_frozen(tmp_pat
 def test_model_config_round_trip_and_from_config():
     from attngan.config import load_config
 
-    cfg = load_config(None, ["GAN.GF_DIM=32", "GAN.R_NUM=3", "TEXT.WORDS_NUM=25", "GAN.ATTN_MASK_ORIGINAL=true"])
+    cfg = load_config(None, ["GAN.GF_DIM=32", "GAN.R_NUM=3", "TEXT.WORDS_NUM=25", "GAN.ATTN_MASK_ORIGINAL=true",
+                             "GAN.WORD_ATTN_64=true"])
     mc = ModelConfig.from_config(cfg, n_words=77)
-    assert (mc.gf_dim, mc.r_num, mc.words_num, mc.attn_mask_original, mc.n_words) == (32, 3, 25, True, 77)
+    assert (mc.gf_dim, mc.r_num, mc.words_num, mc.attn_mask_original, mc.attn_64, mc.n_words) == (32, 3, 25, True,
+                                                                                                   True, 77)
     assert ModelConfig.from_dict(mc.to_dict()) == mc
     assert mc.image_sizes == [64, 128, 256]
+
+
+def test_word_attention_at_64px_makes_stage_one_read_the_words():
+    """GAN.WORD_ATTN_64 (ours; off in the paper's configs above): stage 1 attends over the caption's words at
+    32 x 32, so the 64 px image depends on which words a caption has, not only on its sentence vector."""
+    plain = ModelConfig(n_words=20, gf_dim=8, r_num=1, embedding_dim=32, z_dim=16, condition_dim=8)
+    attn64 = dataclasses.replace(plain, attn_64=True)
+    z, eps, sent = torch.randn(2, 16), torch.randn(2, 8), torch.randn(2, 32)
+    words, other_words = torch.randn(2, 32, 5), torch.randn(2, 32, 5)
+    mask = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    for config, reads_words in ((plain, False), (attn64, True)):
+        torch.manual_seed(0)
+        g = Generator(config)
+        g.apply(init_weights)
+        g.eval()
+        images, attention, _, _ = g(z, sent, words, mask, eps=eps)
+        again = g(z, sent, other_words, mask, eps=eps)[0]
+        assert torch.equal(images[0], again[0]) is not reads_words
+    assert [tuple(a.shape) for a in attention] == [(2, 5, 32, 32), (2, 5, 64, 64), (2, 5, 128, 128)]
+    assert torch.count_nonzero(attention[0][1, 2:]) == 0  # padding gets no attention at stage 1 either
+    assert torch.allclose(attention[0].sum(1), torch.ones(2, 32, 32))
+    # what it adds to the paper's bird generator: the word projection and the last up block's wider input
+    assert count_parameters(on_meta(lambda: Generator(dataclasses.replace(BIRD, attn_64=True)))) == 7_084_592 + 53_248
+    with pytest.raises(AttnGANError, match="WORD_ATTN_64"):
+        ModelConfig(n_words=20, dcgan=True, attn_64=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -300,6 +301,40 @@ def test_truncation_serves_the_truncated_bird_under_its_own_cache_key(bundle_dir
     finally:
         for app in apps.values():
             app.extensions["attngan"].engine.stop()
+
+
+def test_map1_and_map2_stay_the_128_and_256_px_stages_with_word_attention_at_64_px(bundle_dir, tmp_path):
+    """A model trained with GAN.WORD_ATTN_64 has a third attention map, at 64 px; the API's map1 and map2 keep
+    meaning the 128 and 256 px stages' grids (each grid starts with the image of the stage it shows)."""
+    import numpy as np
+
+    from attngan.bundle import load_bundle, write_random_bundle
+    from attngan.pipeline import TextToImage
+    from service.app import create_app
+
+    plain = load_bundle(bundle_dir)
+    config = dataclasses.replace(plain.config, attn_64=True)
+    attn64 = write_random_bundle(tmp_path / "attn64", config=config, vocab=plain.vocab, seed=0)
+    app = create_app({"bundle_dir": str(attn64), "image_dir": str(tmp_path / "images"), "precision": "fp32",
+                      "torch_threads": 1, "warmup": False})
+    try:
+        assert app.extensions["attngan"].engine.wait_ready(60)
+        client = app.test_client()
+        r = client.post(BIRD, json={"caption": CURL_CAPTION})
+        assert r.status_code == 201
+        bird = r.get_json()["bird"]
+        t2i = TextToImage.from_bundle(attn64, precision="fp32")
+        (generated,) = t2i.generate([t2i.prepare(CURL_CAPTION)], [bird["seed"]])
+        grids = generated.attention_grids()
+        assert len(grids) == 3 and generated.attention[0].shape[1:] == (32, 32)
+        for name, expected in zip(("map1", "map2"), grids[1:]):
+            served = np.asarray(png_at(client, bird[name]).convert("RGB"), dtype=int)
+            assert served.shape == np.asarray(expected).shape
+            assert np.abs(served - np.asarray(expected, dtype=int)).mean() < 1, name
+        medium = np.asarray(png_at(client, bird["medium"]).convert("RGB"), dtype=int)
+        assert np.array_equal(np.asarray(grids[1], dtype=int)[18:146, :128], medium)  # over its own stage's image
+    finally:
+        app.extensions["attngan"].engine.stop()
 
 
 def test_missing_or_corrupt_bundle_refuses(bundle_dir, tmp_path):

@@ -347,3 +347,17 @@ def test_growing_keeps_the_source_weights_and_initialises_the_new_stage():
         assert torch.equal(v, small.state_dict()[k] if k in small.state_dict() else fresh[k]), k
     with pytest.raises(AttnGANError, match="it lacks ca_net"):
         load_grown_generator(big, {k: v for k, v in small.state_dict().items() if not k.startswith("ca_net")}, "s")
+
+    # word attention at 64 px belongs to stage 1: it grows with it, and is not bolted onto a stage 1 without it
+    def attn64(branches: int) -> Generator:
+        return Generator(ModelConfig(n_words=20, gf_dim=4, embedding_dim=16, condition_dim=8, z_dim=8,
+                                     branch_num=branches, attn_64=True))
+
+    small64, big64 = attn64(1), attn64(3)
+    assert load_grown_generator(big64, small64.state_dict(), "s") == ["h_net2", "h_net3", "img_net2", "img_net3"]
+    assert torch.equal(big64.state_dict()["h_net1.att.conv_context.weight"],
+                       small64.state_dict()["h_net1.att.conv_context.weight"])
+    with pytest.raises(AttnGANError, match="h_net1.upsample4.1.weight .*WORD_ATTN_64"):
+        load_grown_generator(big64, small.state_dict(), "s")
+    with pytest.raises(AttnGANError, match="it has h_net1.att.conv_context.weight.*WORD_ATTN_64"):
+        load_grown_generator(big, small64.state_dict(), "s")

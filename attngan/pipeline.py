@@ -49,15 +49,11 @@ class Generated:
     score: float | None = None  # its DAMSM caption-image cosine, when candidates were ranked
 
     def attention_grids(self) -> list[Image.Image]:
-        """One per-word attention grid per attentional stage, over the image of the stage it fed.
+        """One per-word attention grid per attentional stage, over the image of the stage it fed."""
+        from attngan.render import attention_grid, images_under_attention
 
-        Attention belongs to the last stages (128 and 256 px; with GAN.WORD_ATTN_64 the 64 px one first). A DCGAN
-        bundle has one image, under both of its maps."""
-        from attngan.render import attention_grid
-
-        first = len(self.images) - len(self.attention)
-        return [attention_grid(self.images[max(0, first + k)], attn, self.tokens)
-                for k, attn in enumerate(self.attention)]
+        under = images_under_attention(self.images, len(self.attention))
+        return [attention_grid(image, attn, self.tokens) for image, attn in zip(under, self.attention)]
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -24,6 +24,14 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def images_under_attention(images: list, n_attention: int) -> list:
+    """The image each attention map is drawn over: the image of the stage it fed. Attention belongs to the last
+    stages (128 and 256 px; with GAN.WORD_ATTN_64 the 64 px one first); a DCGAN generator's one image is under
+    both of its maps."""
+    first = len(images) - n_attention
+    return [images[max(0, first + k)] for k in range(n_attention)]
+
+
 def attention_grid(image: Image.Image, attention: np.ndarray, tokens: list[str], tile: int = 128,
                    columns: int = 8, alpha: float = 0.6) -> Image.Image:
     """The image followed by one tile per word: the image with that word's attention map over it, labelled.

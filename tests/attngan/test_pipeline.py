@@ -159,3 +159,12 @@ def test_render_maps_values_and_draws_one_tile_per_word():
     assert grid.size == (4 * 32, 32 + 18)
     one_word = np.asarray(grid)[18:, 32:64].astype(int)
     assert one_word.std() > 10  # the heat map shows where the word attended
+
+
+def test_each_attention_map_is_drawn_over_the_stage_it_fed():
+    from attngan.render import images_under_attention
+
+    assert images_under_attention(["64", "128", "256"], 2) == ["128", "256"]  # the paper's generator
+    assert images_under_attention(["64", "128", "256"], 3) == ["64", "128", "256"]  # GAN.WORD_ATTN_64
+    assert images_under_attention(["64"], 1) == ["64"]  # a 64 px stage trained with it
+    assert images_under_attention(["256"], 2) == ["256", "256"]  # DCGAN: one image, two maps

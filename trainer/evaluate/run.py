@@ -436,7 +436,7 @@ def measure_complexity(bundle: Bundle, text_encoder: nn.Module, generator: nn.Mo
 @torch.no_grad()
 def sample_pictures(ts: TestSet, bundle: Bundle, text_encoder: nn.Module, generator: nn.Module, n: int,
                     device: torch.device, seed: int) -> list[dict[str, Any]]:
-    from attngan.render import attention_grid, to_pil
+    from attngan.render import attention_grid, images_under_attention, to_pil
 
     seen: set[int] = set()
     chosen: list[int] = []
@@ -460,8 +460,8 @@ def sample_pictures(ts: TestSet, bundle: Bundle, text_encoder: nn.Module, genera
         images, attention, _, _ = generator(z, sent, words, captions[:, : words.size(2)] == 0, eps)
         tokens = [bundle.vocab.ixtoword[j] for j in ids]
         pil = [to_pil(im[0]) for im in images]
-        att = [attention_grid(pil[-1], a[0, : len(tokens)].float().cpu().numpy(), tokens, tile=96, columns=10)
-               for a in attention]
+        att = [attention_grid(image, a[0, : len(tokens)].float().cpu().numpy(), tokens, tile=96, columns=10)
+               for image, a in zip(images_under_attention(pil, len(attention)), attention)]
         rows.append({"caption": " ".join(ts.tokens[i][k]), "images": pil, "attention": att})
     return rows
 

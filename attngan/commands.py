@@ -113,7 +113,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def _generate_one(t2i: Any, caption: str, output: Path, seed: int) -> int:
-
     encoded = t2i.prepare(caption)
     result = t2i.generate([encoded], [seed])[0]
     if output.suffix == "":

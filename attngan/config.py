@@ -89,7 +89,7 @@ class GANConfig:
     B_DCGAN: bool = False
     # ours
     ATTN_MASK_ORIGINAL: bool = False  # reproduce the original's mis-ordered attention mask (reference 2.4)
-    WORD_ATTN_64: bool = False  # word attention at the 64 px stage as well (attngan.model.AttentionRefine)
+    WORD_ATTN_64: bool = False  # word attention at the 64 px stage as well (attngan.model.InitStage)
 
 
 @dataclass

@@ -48,12 +48,13 @@ class Generated:
     candidate: int = 0  # which of the seed's candidates this is (0 without best-of-N)
     score: float | None = None  # its DAMSM caption-image cosine, when candidates were ranked
 
-    def attention_grids(self) -> list[Image.Image]:
-        """One per-word attention grid per attentional stage, over the image of the stage it fed."""
+    def attention_grids(self, last: int | None = None) -> list[Image.Image]:
+        """One per-word attention grid per attentional stage, over the image of the stage it fed; `last`: only
+        the last so many stages' (the others are not drawn)."""
         from attngan.render import attention_grid, images_under_attention
 
-        under = images_under_attention(self.images, len(self.attention))
-        return [attention_grid(image, attn, self.tokens) for image, attn in zip(under, self.attention)]
+        pairs = list(zip(images_under_attention(self.images, len(self.attention)), self.attention))
+        return [attention_grid(image, attn, self.tokens) for image, attn in pairs[-last if last else None:]]
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -56,13 +56,14 @@ SETTINGS = [Setting("fp32 (baseline)", False, False, False),
 
 
 def load_cfgs(name: str):
+    """-> (DAMSM config path, DAMSM config, GAN config) of a config or variant name."""
     from attngan.config import load_config
 
     base, overrides = VARIANTS.get(name, (name, []))
     if base not in CONFIGS:
         raise SystemExit(f"unknown config {name!r}; choose from {', '.join([*CONFIGS, *VARIANTS])}")
     damsm, gan = CONFIGS[base]
-    return load_config(damsm), load_config(gan, overrides)
+    return damsm, load_config(damsm), load_config(gan, overrides)
 
 
 def fake_batch(cfg, n_words: int, batch: int, sizes: list[int], device: str, seed: int = 0):
@@ -225,10 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     measured_damsm: set[Path] = set()
     peaks: dict[str, float] = {}  # measured matmul FLOP/s per dtype: this machine's practical ceiling
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
-        damsm_cfg, gan_cfg = load_cfgs(name)
+        damsm_path, damsm_cfg, gan_cfg = load_cfgs(name)
         n_words = args.n_words or (5450 if name == "bird" else 400)
         stages = [("GAN", gan_cfg, gan_step_fn)]
-        damsm_path = CONFIGS[VARIANTS.get(name, (name,))[0]][0]
         if damsm_path not in measured_damsm:  # default64 shares default's DAMSM
             measured_damsm.add(damsm_path)
             stages.insert(0, ("DAMSM", damsm_cfg, damsm_step_fn))
@@ -285,9 +285,10 @@ batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (b
 FLOPs per iteration are counted with `torch.utils.flop_counter` over one step (matmuls and convolutions, forward
 and backward); the peak is a large square matmul measured in the same run, the practical ceiling of this machine.
 `default64` is the default model's 64 px stage 1 (`trainer/cfg/default/gan_64.yml`), `default` its three-stage
-stage 2, `default64_attn64` stage 1 with `GAN.WORD_ATTN_64=true`. "G NCHW" is what the trainer does on CPU: the generator stays in the NCHW layout while the image encoder
-and discriminators are channels-last, because with channels-last inputs its BatchNorms get NCHW gradients from
-F.glu, and that mixed-format backward is several times slower than either layout alone on CPU.
+stage 2, `default64_attn64` stage 1 with `GAN.WORD_ATTN_64=true`. "G NCHW" is what the trainer does on CPU: the
+generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
+channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
+slower than either layout alone on CPU.
 
 {table}
 """

@@ -91,7 +91,7 @@ def load_model(settings: Settings, bundle_path: str) -> Any:
 def render_maps(generated: Any) -> list[Any]:
     """map1 and map2: the attention grids of the 128 and 256 px stages (a model with word attention at 64 px too
     has a third, first, which the API does not name)."""
-    return generated.attention_grids()[-len(MAPS):]
+    return generated.attention_grids(last=len(MAPS))
 
 
 def _fatal(message: str) -> None:

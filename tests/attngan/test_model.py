@@ -215,7 +215,6 @@ def test_inception_encoder_loads_torchvision_weights_and_keeps_bn_frozen(tmp_pat
     feats, code = loaded.eval()(torch.rand(1, 3, 64, 64) * 2 - 1)
     assert tuple(feats.shape) == (1, 32, 17, 17) and tuple(code.shape) == (1, 32)
 
-
     del trunk["Mixed_7c.branch_pool.conv.weight"]
     torch.save(trunk, path)
     with pytest.raises(AttnGANError, match="not a torchvision Inception-v3"):

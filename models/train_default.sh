@@ -2,10 +2,9 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h 15 min of training in all with
-# the trainer the shipped model was trained with; the faster trainer of 2026-12-03 evening ends the first hour
-# near step 9,600 of the 64 px GAN stage instead of 5,000 (models/first_hour.sh times it; models/README.md has
-# each step's time).
+# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 2 h 25 min of training in all (backbone
+# 6 min, DAMSM 25 min, GAN stage 1 63 min, stage 2 51 min; this machine ran up to ~1.7x faster on other days;
+# models/README.md has each step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,21 +34,17 @@ fi
 "${ATTNGAN[@]}" train damsm --cfg trainer/cfg/default/damsm.yml --data-dir "$DATA" \
     --output-dir "$RUNS/default_DAMSM" --set "TRAIN.IMAGE_BACKBONE=$BACKBONE"
 
-# 3. AttnGAN, grown: (a) the 64 px stage alone (cheap steps, where shape and colour form); (b) the same stage
-#    restarted from (a)'s EMA generator with fresh optimizers for 1,500 steps (+2.6 points of named attributes
-#    where 5,000 more steps of (a) had given 0.5; models/README.md); then (c) all three stages, started from (b)'s
-#    last generator and its 64 px discriminator. Each resumes from its checkpoint.pt.
+# 3. AttnGAN, grown: (a) the 64 px stage alone, attending over the caption's words (cheap steps, where shape and
+#    colour form); then (b) all three stages, started from (a)'s last EMA generator and its 64 px discriminator,
+#    with the DAMSM loss at 4x the paper's weight (gan.yml: LAMBDA 20). Each resumes from its checkpoint.pt.
 NET_E="TRAIN.NET_E=$RUNS/default_DAMSM/Model/text_encoder$DAMSM_EPOCHS.pth"
 PARTS="TRAIN.IMAGE_BACKBONE=$BACKBONE"  # its part heads read back what each caption names (TRAIN.PART_LOSS)
 last_generator() { ls -v "$1"/Model/netG_epoch_*.pth | tail -1; }
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_64.yml --data-dir "$DATA" \
     --output-dir "$RUNS/default_AttnGAN64" --set "$NET_E" --set "$PARTS"
-"${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_64.yml --data-dir "$DATA" \
-    --output-dir "$RUNS/default_AttnGAN64_restart" --set "$NET_E" --set "$PARTS" --set TRAIN.MAX_STEPS=1500 \
-    --init-from "$(last_generator "$RUNS/default_AttnGAN64")"
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan.yml --data-dir "$DATA" \
     --output-dir "$RUNS/default_AttnGAN" --set "$NET_E" --set "$PARTS" \
-    --init-from "$(last_generator "$RUNS/default_AttnGAN64_restart")"
+    --init-from "$(last_generator "$RUNS/default_AttnGAN64")"
 
 # 4. bundle (EMA generator, fp16 weights); redone only when the run's checkpoint is newer than the bundle
 if [ ! "$BUNDLE/manifest.json" -nt "$RUNS/default_AttnGAN/checkpoint.pt" ]; then
@@ -59,7 +54,7 @@ fi
 # 5. evaluation report on the held-out (test-class) captions; redone only for a newer bundle
 if [ ! "$BUNDLE/eval/metrics.json" -nt "$BUNDLE/manifest.json" ]; then
     "${ATTNGAN[@]}" evaluate --bundle "$BUNDLE" --data "$DATA" --out "$BUNDLE/eval" --images "$EVAL_IMAGES" \
-        --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN64_restart" --logs "$RUNS/default_AttnGAN"
+        --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN"
 fi
 
 # 6. README pictures: docs/default_samples.png and docs/challenge_caption.png (the first hour's birds,

@@ -10,7 +10,7 @@ Hyperparameters: config (synth | default | bird | coco; default synth), damsm_co
 gan_grow_config (a GAN config with fewer stages trained first, its generator growing into gan_config's; the
 default preset's is default/gan_64.yml, "" turns it off; gan_set and max_steps apply to every GAN run),
 gan_grow_restart_steps (after gan_grow_config's run, run it again this many steps from its EMA generator with
-fresh optimizers, and grow gan_config's generator from that; 1500 for config=default, else 0; capped by max_steps),
+fresh optimizers, and grow gan_config's generator from that; default 0; capped by max_steps),
 gan_detail_config (a GAN config trained last from gan_config's generator with TRAIN.DETAIL_LOSS, over a detail
 backbone trained first at the largest image size with attention pooling, e.g. default/gan_detail.yml; the bundle
 then comes from it; default none),
@@ -137,7 +137,7 @@ def read_job(env: dict[str, str] | None = None) -> Job:
     if max_steps is not None:
         damsm_set.append(f"TRAIN.MAX_STEPS={max_steps}")
         gan_set.append(f"TRAIN.MAX_STEPS={max_steps}")
-    restart_steps = integer("gan_grow_restart_steps", 1500 if preset == "default" else 0) or 0
+    restart_steps = integer("gan_grow_restart_steps", 0) or 0
     if restart_steps < 0:
         raise AttnGANError(f"hyperparameter gan_grow_restart_steps={restart_steps} must not be negative")
     if max_steps is not None:

@@ -62,7 +62,7 @@ def test_damsm_keeps_the_backbone_frozen_and_snapshots_it(birds, backbone, tmp_p
     cfg = load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.MAX_STEPS=6", "IMAGE_ENCODER_SIZE=64",
                                                f"TRAIN.IMAGE_BACKBONE={path}"])
     run = train_damsm(cfg, str(birds), str(tmp_path / "damsm"))
-    image = torch.load(max((run / "Model").glob("image_encoder*.pth")), weights_only=True)
+    image = torch.load(max((run / "Model").glob("image_encoder*.pth")), map_location="cpu", weights_only=True)
     trunk = {k: v for k, v in load_file(str(path)).items() if not k.startswith("heads.")}
     for k, v in trunk.items():  # weights and BatchNorm statistics untouched by DAMSM
         assert torch.equal(image[k], v), k
@@ -99,7 +99,7 @@ def test_part_code_carries_every_part_and_stays_fixed_in_damsm(birds, backbone, 
         assert torch.equal(readout[:, start:start + len(values)].argmax(1), logits.argmax(1)), part
         start += len(values)
     run = train_damsm(cfg, str(birds), str(tmp_path / "damsm"))
-    saved = torch.load(max((run / "Model").glob("image_encoder*.pth")), weights_only=True)
+    saved = torch.load(max((run / "Model").glob("image_encoder*.pth")), map_location="cpu", weights_only=True)
     assert torch.equal(saved["emb_cnn_code.weight"], weight) and torch.equal(saved["emb_cnn_code.bias"], bias)
     with pytest.raises(AttnGANError, match="IMAGE_CODE"):
         build_image_encoder(load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.IMAGE_CODE=parts"]), pretrained=True)
@@ -116,7 +116,7 @@ def _render_retrieval(run, cfg, seed: int) -> float:
 
     vocab = Vocabulary.load_json(run / "vocab.json")
     text = TextEncoder(len(vocab), nhidden=cfg.TEXT.EMBEDDING_DIM)
-    text.load_state_dict(torch.load(latest_encoders(run)[0], weights_only=True))
+    text.load_state_dict(torch.load(latest_encoders(run)[0], map_location="cpu", weights_only=True))
     image = build_image_encoder(cfg, pretrained=True)
     codes, captions, lengths = render_captions(96, seed, image, vocab, cfg, torch.device("cpu"), None)
     with torch.no_grad():
@@ -143,7 +143,7 @@ def test_text_on_renders_trains_the_text_encoder_after_the_data_and_resumes(bird
     with_renders = load_config(DAMSM_CFG, base + ["TRAIN.TEXT_RENDERS=192", "TRAIN.TEXT_RENDER_STEPS=300"])
     extended = train_damsm(with_renders, str(birds), str(tmp_path / "one"))
     assert sorted(p.name for p in (extended / "Model").glob("text_encoder*.pth")) == snapshots  # rewritten
-    assert torch.load(extended / "checkpoint.pt", weights_only=True)["step"] == 304
+    assert torch.load(extended / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 304
     assert _render_retrieval(extended, cfg, seed=3) > 0.10
 
     # a twin run stopped after 150 of the 300 steps and resumed ends with the same weights
@@ -152,8 +152,8 @@ def test_text_on_renders_trains_the_text_encoder_after_the_data_and_resumes(bird
     train_damsm(with_renders, str(birds), str(tmp_path / "twin"))
     from trainer.damsm import latest_encoders
 
-    one = torch.load(latest_encoders(extended)[0], weights_only=True)
-    two = torch.load(latest_encoders(tmp_path / "twin")[0], weights_only=True)
+    one = torch.load(latest_encoders(extended)[0], map_location="cpu", weights_only=True)
+    two = torch.load(latest_encoders(tmp_path / "twin")[0], map_location="cpu", weights_only=True)
     for k in one:
         assert torch.equal(one[k], two[k]), k
 
@@ -251,7 +251,7 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
     rows = [r for r in map(json.loads, (run / "logs" / "metrics.jsonl").read_text().splitlines())
             if r["tag"] == "gan/train"]
     assert len(rows) == 40 and all(r["p_loss"] > 0 and r["d_loss"] > 0 for r in rows)
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     kept = {p for p, a in meta["held_out_per_part"].items() if a >= meta["held_out_accuracy"]}
     assert set(ckpt["part_values"]) == kept and 0 < len(kept) < len(meta["parts"])  # weak heads left out
     assert {f"heads.{p}.weight" for p in kept} <= set(ckpt["part_reader"])
@@ -266,7 +266,7 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
         train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44"]), str(birds), str(tmp_path / "gan"))
     finally:
         moved.rename(path)
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 44
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 44
 
     other = tmp_path / "other.safetensors"
     train_backbone(other, renders=64, epochs=1, size=64, seed=9, held_out=8, progress=False)

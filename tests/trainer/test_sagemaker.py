@@ -25,12 +25,13 @@ def _opt_ml(root: Path, birds: Path, hyperparameters: dict[str, str]) -> dict[st
 def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     from attngan.bundle import load_bundle
 
-    # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone, the
-    # 64 px stage restarted from its EMA generator, the three-stage GAN grown from that; then the optional detail
-    # stage over a 256 px detail backbone; shrunk to seconds
+    # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone (word
+    # attention on), the three-stage GAN grown from it; plus the optional steps: the 64 px stage restarted from its
+    # EMA generator before growing, and the detail stage over a 256 px detail backbone; shrunk to seconds
     common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
-    hp = {"config": "default", "gan_detail_config": "default/gan_detail.yml", "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
+    hp = {"config": "default", "gan_detail_config": "default/gan_detail.yml", "gan_grow_restart_steps": "1500",
+          "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
           "damsm_set": "TREE.BRANCH_NUM=1,TRAIN.IMAGE_CODE=parts,TRAIN.TEXT_RENDERS=8,TRAIN.TEXT_RENDER_STEPS=2",
           # a 64-render backbone reads no part well enough for the part or detail loss (test_backbone.py has them)
           "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16,TRAIN.PART_LOSS=0,"
@@ -41,7 +42,7 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
                          timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     bundle = load_bundle(tmp_path / "model")
-    assert bundle.config.gf_dim == 8 and bundle.manifest["training"]["steps"] == 3
+    assert bundle.config.gf_dim == 8 and bundle.config.attn_64 and bundle.manifest["training"]["steps"] == 3
     assert bundle.config.branch_num == 3 and (tmp_path / "checkpoints" / "gan_grow" / "checkpoint.pt").is_file()
     assert "growing the generator: h_net2, h_net3, img_net2, img_net3" in res.stderr
     assert bundle.config.image_encoder == "small" and bundle.config.image_encoder_size == 64

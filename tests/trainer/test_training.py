@@ -41,7 +41,7 @@ def test_damsm_loss_decreases_and_writes_original_checkpoints(damsm_run):
     assert last < 0.8 * first, (first, last)
     assert rows[-1]["step"] == 40
     model = damsm_run / "Model"
-    text = torch.load(max(model.glob("text_encoder*.pth")), weights_only=True)
+    text = torch.load(max(model.glob("text_encoder*.pth")), map_location="cpu", weights_only=True)
     assert "encoder.weight" in text and "rnn.weight_ih_l0_reverse" in text  # the original's key names
     assert any(model.glob("image_encoder*.pth"))
     assert (damsm_run / "vocab.json").is_file()
@@ -79,7 +79,7 @@ def test_gan_trains_and_exports_a_bundle_that_generates(gan_run, tmp_path):
     assert bundle.config.branch_num == 2 and bundle.has_image_encoder
     assert bundle.manifest["training"]["steps"] == 24
     _, generator, _ = bundle.build_networks()
-    ckpt = torch.load(gan_run / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(gan_run / "checkpoint.pt", map_location="cpu", weights_only=True)
     for name, value in ckpt["ema"].items():  # the bundle's generator is the EMA one
         assert torch.equal(generator.state_dict()[name], value)
     # an epoch snapshot reports the steps done when it was written (here the last epoch's: all 24)
@@ -120,14 +120,14 @@ def test_sigterm_saves_and_rerun_resumes_to_identical_weights(birds, damsm_run, 
     log = "".join(lines) + rest
     assert proc.returncode == 0, log[-2000:]
     assert "received SIGTERM" in log and "checkpoint saved" in log
-    stopped_at = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    stopped_at = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["step"]
     assert 4 <= stopped_at < 14
 
     again = _cli([*args, "--output-dir", str(out)])
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed from {out / 'checkpoint.pt'}" in again.stderr
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert a["step"] == b["step"] == 14
     for name in a["netG"]:
         assert torch.equal(a["netG"][name], b["netG"][name]), name
@@ -149,13 +149,13 @@ def test_sigterm_saves_and_rerun_resumes_to_identical_weights(birds, damsm_run, 
             break
         time.sleep(0.01)
     proc.wait(timeout=60)
-    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 5
     assert [r["step"] for r in _metrics(killed, "gan/train")][-1] >= 6  # logged after the checkpoint, then lost
     again = _cli([*args, "--output-dir", str(killed)])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "at epoch" in again.stderr and "step 5" in again.stderr
     assert _metrics(killed, "gan/train") == _metrics(tmp_path / "full", "gan/train")
-    c = torch.load(killed / "checkpoint.pt", weights_only=True)
+    c = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert all(torch.equal(a["ema"][name], c["ema"][name]) for name in a["ema"])
 
 
@@ -188,8 +188,8 @@ def test_group_sigterm_with_a_data_worker_saves_and_resumes(birds, damsm_run, tm
     assert "checkpoint saved" in log and "killed by signal" not in log
     again = _cli(args)
     assert again.returncode == 0, again.stderr[-2000:]
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert a["step"] == b["step"] == 10
     for name in a["ema"]:  # with a data worker too, the resumed run is the uninterrupted one
         assert torch.equal(a["ema"][name], b["ema"][name]), name
@@ -204,7 +204,7 @@ def test_torchrun_two_processes_on_cpu_trains_and_checkpoints(birds, tmp_path):
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "world size 2" in res.stderr
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2  # one RNG state per rank
     assert list((out / "Model").glob("text_encoder*.pth"))
 
@@ -252,7 +252,7 @@ def test_torchrun_two_processes_train_the_gan(birds, damsm_run, tmp_path):
            *sets(["TRAIN.MAX_STEPS=3", "TRAIN.BATCH_SIZE=4", f"TRAIN.NET_E={text}", "CUDA=false"])]
     res = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["step"] == 3
 
 
@@ -269,12 +269,12 @@ def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm
     out = tmp_path / "extended"
     first = _cli([*args, "--set", "TRAIN.MAX_STEPS=6", "--output-dir", str(out)])
     assert first.returncode == 0, first.stderr[-2000:]
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == 6 and ckpt["step_in_epoch"] > 0  # 6 is not a multiple of the steps per epoch
     again = _cli([*args, "--set", "TRAIN.MAX_STEPS=10", "--output-dir", str(out)])
     assert again.returncode == 0, again.stderr[-2000:]
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert a["step"] == b["step"] == 10
     for name in a["ema"]:
         assert torch.equal(a["ema"][name], b["ema"][name]), name
@@ -282,11 +282,11 @@ def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm
     boundary = tmp_path / "boundary"
     first = _cli([*args, "--set", "TRAIN.MAX_STEPS=8", "--output-dir", str(boundary)])
     assert first.returncode == 0, first.stderr[-2000:]
-    ckpt = torch.load(boundary / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(boundary / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (8, 2, 0)
     again = _cli([*args, "--set", "TRAIN.MAX_STEPS=10", "--output-dir", str(boundary)])
     assert again.returncode == 0, again.stderr[-2000:]
-    c = torch.load(boundary / "checkpoint.pt", weights_only=True)
+    c = torch.load(boundary / "checkpoint.pt", map_location="cpu", weights_only=True)
     for name in a["ema"]:
         assert torch.equal(a["ema"][name], c["ema"][name]), name
 
@@ -307,7 +307,7 @@ def test_a_64px_run_grows_into_more_stages(birds, damsm_run, tmp_path):
     assert grown.returncode == 0, grown.stderr[-2000:]
     assert "growing the generator: h_net2, img_net2 start from scratch" in grown.stderr
     assert "discriminator 0 from" in grown.stderr
-    ckpt = torch.load(tmp_path / "s128" / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "s128" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert len(ckpt["netsD"]) == 2 and "h_net2.att.conv_context.weight" in ckpt["netG"]
 
     # TRAIN.FROZEN_STAGES=1: the 64 px stage stays exactly as loaded (weights and BatchNorm statistics), the new
@@ -316,8 +316,8 @@ def test_a_64px_run_grows_into_more_stages(birds, damsm_run, tmp_path):
                  "--output-dir", str(tmp_path / "frozen"), "--init-from", str(source)])
     assert kept.returncode == 0, kept.stderr[-2000:]
     assert "frozen generator stages: ca_net, h_net1, img_net1" in kept.stderr
-    loaded = torch.load(source, weights_only=True)
-    after = torch.load(tmp_path / "frozen" / "checkpoint.pt", weights_only=True)
+    loaded = torch.load(source, map_location="cpu", weights_only=True)
+    after = torch.load(tmp_path / "frozen" / "checkpoint.pt", map_location="cpu", weights_only=True)
     for k, v in loaded.items():
         assert torch.equal(after["netG"][k], v) and torch.equal(after["ema"].get(k, v), v), k
     trained = [k for k in after["ema"] if k.startswith(("h_net2.", "img_net2."))]

@@ -261,8 +261,9 @@ def fit_attributes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
             device: str = "cpu") -> torch.Tensor:
-    """N x P predicted value indices."""
-    model.eval()
+    """N x P predicted value indices, on `device` (the model goes there too: a judge loaded from a file is on the
+    CPU)."""
+    model.to(device).eval()
     outs = []
     for start in range(0, len(images), batch_size):
         with _autocast(device):
@@ -386,7 +387,6 @@ def get_classifier(out_dir: Path, data_dir: Path, train_images: torch.Tensor, tr
     cached = load_classifier(path)
     if cached is not None and cached.fits(key, parts):
         log.info("attribute classifier: using cache %s", path)
-        cached.model.to(device)
         return cached
     if len(train_images) < 32:
         raise AttnGANError(f"too few training renders for the attribute classifier ({len(train_images)}); "
@@ -409,7 +409,7 @@ def get_classifier(out_dir: Path, data_dir: Path, train_images: torch.Tensor, tr
     log.info("attribute judge: %.1f%% on %d held-out renders (judgeable parts), trained in %.0f s",
              100 * meta["held_out"]["accuracy"], len(held_images), train_seconds)
     save_classifier(path, model, meta)
-    return CachedClassifier(model.to(device), meta)
+    return CachedClassifier(model, meta)
 
 
 def score(pred: torch.Tensor, labels: torch.Tensor, parts: dict[str, list[str]],

@@ -25,7 +25,8 @@ from trainer.data.synth import (
     synthesize,
 )
 
-ATTNGAN = str(Path(sys.executable).with_name("attngan"))
+_SCRIPT = Path(sys.executable).with_name("attngan")  # the installed console script; a checkout run in place
+ATTNGAN = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "attngan.cli"]  # (the GPU lane) has none
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -115,7 +116,7 @@ def test_render_bird_paints_big_flat_part_colours():
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([ATTNGAN, *args], check=False, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run([*ATTNGAN, *args], check=False, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_cli_synth_and_check(tmp_path):

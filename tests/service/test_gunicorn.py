@@ -132,12 +132,18 @@ def test_sigterm_drains_requests_in_flight(start_server):
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(call, i) for i in range(4)]
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until the engine has work queued
+        # wait until all four are inside the worker (each counts its 6 seeds as cache misses before it queues them)
+        # and the engine has work queued: a connection gunicorn has not accepted yet is refused on SIGTERM, not
+        # drained, so signalling earlier would test a race, not the drain
+        while time.monotonic() < deadline:
             text = requests.get(f"{s.url}/metrics", timeout=5).text
             depth = [line for line in text.splitlines() if line.startswith("attngan_queue_depth")]
-            if depth and float(depth[0].split()[-1]) > 0:
+            misses = [line for line in text.splitlines() if line.startswith("attngan_cache_misses_total")]
+            if depth and float(depth[0].split()[-1]) > 0 and misses and float(misses[0].split()[-1]) >= 4 * 6:
                 break
             time.sleep(0.02)
+        else:
+            pytest.fail("the four requests did not all reach the worker within 10 s")
         started = time.monotonic()
         code = s.stop(timeout=40)
         codes = [f.result() for f in futures]

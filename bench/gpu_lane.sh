@@ -12,6 +12,8 @@
 # ~32 steps/s (8x this 2-core CPU), its text-on-renders phase 20-35 steps/s (no faster than the CPU: the tiny
 # LSTM's steps are launch-bound), so the full DAMSM (~13 min) left the GAN stage no time; hence DAMSM_SETS.
 # Correctness first: with the default DEADLINE, step 4 reaches the GAN stage only when step 3 is skipped.
+# Second H200 run (DEADLINE=540, 370 s): steps 1-2 in 83 s (evaluate 13 s, the CPU report's numbers), step 3 104
+# of the 107 tests in its 200 s (the other 3 passed run apart); step 4 had time for part of the backbone only.
 # Logs and results go under WORK (default output/gpu_lane); with OUT set (a results folder) they are packed into
 # OUT/gpu_lane.tgz after every step, weights left out. Runs with the machine's python3 (PY) and its torch.
 set -uo pipefail

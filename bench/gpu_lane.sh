@@ -19,7 +19,7 @@
 # Logs and results go under WORK (default output/gpu_lane); with OUT set (a results folder) they are packed into
 # OUT/gpu_lane.tgz after every step, weights left out. Runs with the machine's python3 (PY) and its torch.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 PY=${PY:-python3}
 WORK=${WORK:-output/gpu_lane}

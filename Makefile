@@ -31,6 +31,7 @@ synth: setup
 
 lint: setup  # also a test (tests/test_lint.py)
 	$(VENV)/bin/ruff check attngan trainer service infra tests bench models
+	$(VENV)/bin/shellcheck --severity=warning $$(git ls-files '*.sh') .ci/run
 
 bench: setup
 	$(PY) bench/generate.py && $(PY) bench/serve.py && $(PY) bench/train.py && $(PY) bench/losses.py && $(PY) bench/best_of.py

@@ -111,15 +111,15 @@ if [ "$TESTS" -gt 0 ]; then
     pack
 fi
 
-if [ $(( $(left) - GAN_MIN - AFTER )) -lt "$ENCODERS_MIN" ]; then  # the encoders alone would use it all (first H200 run)
+train_left() { at_least_1 $(( BUDGET - ($(date +%s) - train_start) )); }
+encoders_left() { at_least_1 $(( $(left) - GAN_MIN - AFTER )); }  # the encoders may overrun BUDGET, not the lane
+gan_left() { local t; t=$(train_left); t=$(( t > GAN_MIN ? t : GAN_MIN )); at_least_1 $(( t < $(left) - AFTER ? t : $(left) - AFTER )); }
+if [ "$(encoders_left)" -lt "$ENCODERS_MIN" ]; then  # the encoders alone would use it all (the second H200 run)
     step "4. skipped: $(left) s left, and the backbone and DAMSM need ~$ENCODERS_MIN s before the GAN stage (TESTS=0 frees the tests' time)"
 else
     step "4. the default recipe's first $BUDGET s on the GPU (DAMSM with ${DAMSM_EXTRA[*]})"
     R=$WORK/first_minutes
     train_start=$(date +%s)
-    train_left() { at_least_1 $(( BUDGET - ($(date +%s) - train_start) )); }
-    encoders_left() { at_least_1 $(( $(left) - GAN_MIN - AFTER )); }  # the encoders may overrun BUDGET, not the lane
-    gan_left() { local t; t=$(train_left); t=$(( t > GAN_MIN ? t : GAN_MIN )); at_least_1 $(( t < $(left) - AFTER ? t : $(left) - AFTER )); }
     run backbone.log "$(encoders_left)" "${A[@]}" train backbone --out "$R/backbone.safetensors" --renders "$RENDERS" \
         --epochs 8 --size 128 --seed 50 --device "$DEVICE" \
     && step "backbone done at $(( $(date +%s) - train_start )) s" \

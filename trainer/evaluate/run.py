@@ -9,6 +9,7 @@ same pass for the untrained generator (FID reference point), the real test image
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -426,6 +427,8 @@ def measure_complexity(bundle: Bundle, text_encoder: nn.Module, generator: nn.Mo
             out["flops_image_encoder"], _ = complexity.count_flops(lambda: ie(torch.zeros(1, 3, size, size)))
     lat = complexity.median_latency_ms(forward, runs=runs, warmup=1)
     lat["threads"] = torch.get_num_threads()
+    if hasattr(os, "getloadavg"):
+        lat["load_average"] = os.getloadavg()[0]
     out["cpu_latency"] = lat
     return out
 

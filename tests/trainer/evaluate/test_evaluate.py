@@ -49,6 +49,9 @@ def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_b
     report = (out / "report.md").read_text()
     assert "NOT the paper's numbers" in report and "DAMSM-FID" in report and "Skipped:" in report
     assert "R-precision of the real test images" in report
+    lat = c["cpu_latency"]  # a busy machine reads high: the fastest run and the load are there to compare
+    assert 0 < lat["min_ms"] <= lat["median_ms"] and lat["load_average"] >= 0
+    assert f"fastest {lat['min_ms']:.0f} ms" in report and "load average" in report
     for png in ("samples.png", "training_curves.png"):
         assert (out / png).stat().st_size > 1000
 

@@ -66,9 +66,9 @@ class TrainConfig:
     EMA_DECAY: float = 0.999  # generator parameter EMA (the original's 0.999)
     PART_LOSS: float = 0.0  # GAN, synthetic birds: weight of the cross-entropy between the values each caption
     # names and what IMAGE_BACKBONE's part heads read in every stage's image (trainer.losses.part_loss); 0: off
-    DETAIL_BACKBONE: str = ""  # GAN, synthetic birds: a backbone trained at the largest image's size (`attngan train
-    DETAIL_LOSS: float = 0.0  # backbone --size 256 --pool attention`); its own trunk and readable heads read the last
-    # stage's image against what the caption names, with this weight (parts too small for IMAGE_BACKBONE); 0: off
+    DETAIL_BACKBONE: str = ""  # GAN, synthetic birds: an attention-pooled backbone (`attngan train backbone --size
+    DETAIL_LOSS: float = 0.0  # 128 --pool attention`); its own trunk and readable heads read the last stage's image
+    # at the file's size against what the caption names, with this weight (parts too small for IMAGE_BACKBONE); 0: off
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

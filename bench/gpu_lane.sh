@@ -5,8 +5,8 @@
 #   2. `attngan evaluate` of the default model on the GPU, 1,000 test captions (compare models/default/eval);
 #   3. the training tests on CUDA (ATTNGAN_TEST_CUDA=1: deterministic kernels, so the resume tests' bit-for-bit
 #      comparisons hold), for at most TESTS seconds (TESTS=0 skips them and gives step 4 their time);
-#   4. the default recipe's first minutes on the GPU, timed with the time that is left: backbone, DAMSM (its
-#      text-on-renders phase shortened by DAMSM_SETS), then the 64 px GAN stage until BUDGET seconds have passed
+#   4. the default recipe's first minutes on the GPU, timed with the time that is left: both backbones, DAMSM (its
+#      text-on-renders phase shortened by DAMSM_SETS, the detail backbone by DETAIL_RENDERS), then the 64 px GAN stage until BUDGET seconds have passed
 #      since the backbone started (SIGTERM: a clean stop), exported and evaluated.
 # Measured on an H200 (2026-12-04, torch 2.11): the backbone 111 s (28 s of it rendering), DAMSM's data epochs
 # ~32 steps/s (8x this 2-core CPU), its text-on-renders phase 20-35 steps/s (no faster than the CPU: the tiny
@@ -25,15 +25,16 @@ PY=${PY:-python3}
 WORK=${WORK:-output/gpu_lane}
 DEADLINE=${DEADLINE:-575}  # seconds for the whole lane
 TESTS=${TESTS:-200}        # seconds for step 3's tests
-BUDGET=${BUDGET:-240}      # seconds of step 4's training: backbone + DAMSM + the GAN stage (at least GAN_MIN)
+BUDGET=${BUDGET:-300}      # seconds of step 4's training: backbones + DAMSM + the GAN stage (at least GAN_MIN)
 GAN_MIN=${GAN_MIN:-60}     # seconds the GAN stage gets however long the encoders took
 AFTER=${AFTER:-110}        # seconds kept for step 4's export, evaluation and pictures
-ENCODERS_MIN=${ENCODERS_MIN:-240}  # step 4 runs only with this much for its backbone and DAMSM (H200: ~111 s + ~2 min)
+ENCODERS_MIN=${ENCODERS_MIN:-300}  # step 4 runs only with this much for its backbones and DAMSM (H200: ~111 s + ~45 s + ~2 min)
 DATA=${DATA:-data/default}
 WORKERS=${WORKERS:-8}      # data workers: one cannot feed a GPU
 DEVICE=${DEVICE:-cuda}     # cpu: a dry run of the lane itself
 EVAL_IMAGES=${EVAL_IMAGES:-1000}
 RENDERS=${RENDERS:-10000}  # the backbone's renders (the recipe's); SETS: extra overrides for DAMSM and GAN
+DETAIL_RENDERS=${DETAIL_RENDERS:-4000}  # the detail backbone's (the recipe's 10000: shortened, as DAMSM is, to fit)
 read -r -a EXTRA <<< "${SETS:-}"  # (a dry run's: DEVICE=cpu SETS="TRAIN.MAX_STEPS=10 TRAIN.PART_LOSS=0 ...")
 read -r -a DAMSM_EXTRA <<< "${DAMSM_SETS-TRAIN.TEXT_RENDERS=2000 TRAIN.TEXT_RENDER_STEPS=1000}"  # the recipe: 16000 / 20000
 ON_GPU=$([ "$DEVICE" = cpu ] && echo false || echo true)
@@ -115,22 +116,24 @@ train_left() { at_least_1 $(( BUDGET - ($(date +%s) - train_start) )); }
 encoders_left() { at_least_1 $(( $(left) - GAN_MIN - AFTER )); }  # the encoders may overrun BUDGET, not the lane
 gan_left() { local t; t=$(train_left); t=$(( t > GAN_MIN ? t : GAN_MIN )); at_least_1 $(( t < $(left) - AFTER ? t : $(left) - AFTER )); }
 if [ "$(encoders_left)" -lt "$ENCODERS_MIN" ]; then  # the encoders alone would use it all (the second H200 run)
-    step "4. skipped: $(left) s left, and the backbone and DAMSM need ~$ENCODERS_MIN s before the GAN stage (TESTS=0 frees the tests' time)"
+    step "4. skipped: $(left) s left, and the backbones and DAMSM need ~$ENCODERS_MIN s before the GAN stage (TESTS=0 frees the tests' time)"
 else
     step "4. the default recipe's first $BUDGET s on the GPU (DAMSM with ${DAMSM_EXTRA[*]})"
     R=$WORK/first_minutes
     train_start=$(date +%s)
     run backbone.log "$(encoders_left)" "${A[@]}" train backbone --out "$R/backbone.safetensors" --renders "$RENDERS" \
         --epochs 8 --size 128 --seed 50 --device "$DEVICE" \
-    && step "backbone done at $(( $(date +%s) - train_start )) s" \
+    && run detail.log "$(encoders_left)" "${A[@]}" train backbone --out "$R/detail.safetensors" --renders "$DETAIL_RENDERS" \
+        --epochs 8 --size 128 --seed 51 --pool attention --device "$DEVICE" \
+    && step "backbones done at $(( $(date +%s) - train_start )) s" \
     && run damsm.log "$(encoders_left)" "${A[@]}" train damsm --cfg trainer/cfg/default/damsm.yml --data-dir "$DATA" \
         --output-dir "$R/DAMSM" --set "TRAIN.IMAGE_BACKBONE=$R/backbone.safetensors" --set "WORKERS=$WORKERS" --set "CUDA=$ON_GPU" \
         "${DAMSM_EXTRA[@]/#/--set=}" "${EXTRA[@]/#/--set=}" \
     && step "DAMSM done at $(( $(date +%s) - train_start )) s" \
     && { run gan64.log "$(gan_left)" "${A[@]}" train gan --cfg trainer/cfg/default/gan_64.yml --data-dir "$DATA" \
             --output-dir "$R/AttnGAN64" --set "TRAIN.NET_E=$(ls -v "$R"/DAMSM/Model/text_encoder*.pth | tail -1)" \
-            --set "TRAIN.IMAGE_BACKBONE=$R/backbone.safetensors" --set "WORKERS=$WORKERS" --set "CUDA=$ON_GPU" \
-            "${EXTRA[@]/#/--set=}" || [ $? -eq 124 ]; } \
+            --set "TRAIN.IMAGE_BACKBONE=$R/backbone.safetensors" --set "TRAIN.DETAIL_BACKBONE=$R/detail.safetensors" \
+            --set "WORKERS=$WORKERS" --set "CUDA=$ON_GPU" "${EXTRA[@]/#/--set=}" || [ $? -eq 124 ]; } \
     && step "GAN stage stopped at $(( $(date +%s) - train_start )) s: $(grep -o 'step [0-9]*/' "$WORK/gan64.log" | tail -1)" \
     && run export.log 60 "${A[@]}" export --run "$R/AttnGAN64" --out "$R/bundle" --half \
     && run evaluate_first_minutes.log 150 "${A[@]}" evaluate --bundle "$R/bundle" --data "$DATA" --out "$R/eval" \

@@ -285,9 +285,9 @@ batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (b
 FLOPs per iteration are counted with `torch.utils.flop_counter` over one step (matmuls and convolutions, forward
 and backward); the peak is a large square matmul measured in the same run, the practical ceiling of this machine.
 `default64` is the default model's 64 px stage 1 (`trainer/cfg/default/gan_64.yml`), `default` its three-stage
-stage 2 (both with word attention at 64 px, `GAN.WORD_ATTN_64`), `default64_plain` stage 1 without it. The part loss
-(`TRAIN.PART_LOSS`, a backbone reading each generated image) is not in these steps, so the default recipe's
-training steps, which have it, do more work than these. "G NCHW" is what the trainer does on CPU: the
+stage 2 (both with word attention at 64 px, `GAN.WORD_ATTN_64`), `default64_plain` stage 1 without it. The part and
+detail losses (`TRAIN.PART_LOSS`, `TRAIN.DETAIL_LOSS`: backbones reading each generated image) are not in these
+steps, so the default recipe's training steps, which have them, do more work than these. "G NCHW" is what the trainer does on CPU: the
 generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
 channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
 slower than either layout alone on CPU.

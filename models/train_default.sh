@@ -2,9 +2,9 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h 40 min of training in all (backbone
-# 6 min, DAMSM 25 min, GAN stage 1 2 h 13 min, stage 2 56 min; this machine ran up to ~1.7x faster on other days;
-# models/README.md has each step's time).
+# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h 25 min of training in all (backbone
+# 6 min, DAMSM 25 min, detail backbone 11 min, GAN stage 1 1 h 56 min, stage 2 46 min; this machine ran up to ~1.7x
+# faster on other days; models/README.md has each step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,29 +34,38 @@ fi
 "${ATTNGAN[@]}" train damsm --cfg trainer/cfg/default/damsm.yml --data-dir "$DATA" \
     --output-dir "$RUNS/default_DAMSM" --set "TRAIN.IMAGE_BACKBONE=$BACKBONE"
 
-# 3. AttnGAN, grown: (a) the 64 px stage alone, attending over the caption's words (cheap steps, where shape and
+# 3. The detail reader: a second backbone whose heads each attend to their own part (wing bar, eye ring, bill),
+#    at 128 px; the GAN's detail loss reads every generated bird with it (TRAIN.DETAIL_LOSS). Skipped when there.
+DETAIL="$RUNS/default_detail_backbone.safetensors"
+if [ ! -f "$DETAIL" ]; then
+    "${ATTNGAN[@]}" train backbone --out "$DETAIL" --renders 10000 --epochs 8 --size 128 --seed 51 --pool attention
+fi
+
+# 4. AttnGAN, grown: (a) the 64 px stage alone, attending over the caption's words (cheap steps, where shape and
 #    colour form); then (b) all three stages, started from (a)'s last EMA generator and its 64 px discriminator,
-#    with the DAMSM loss at 4x the paper's weight (gan.yml: LAMBDA 20). Each resumes from its checkpoint.pt.
+#    with the DAMSM loss at 4x the paper's weight (gan.yml: LAMBDA 20). Both read back what each caption names
+#    with the part heads of the image backbone and with the detail reader. Each resumes from its checkpoint.pt.
 NET_E="TRAIN.NET_E=$RUNS/default_DAMSM/Model/text_encoder$DAMSM_EPOCHS.pth"
-PARTS="TRAIN.IMAGE_BACKBONE=$BACKBONE"  # its part heads read back what each caption names (TRAIN.PART_LOSS)
+PARTS="TRAIN.IMAGE_BACKBONE=$BACKBONE"  # its part heads (TRAIN.PART_LOSS)
+DETAILS="TRAIN.DETAIL_BACKBONE=$DETAIL"  # (TRAIN.DETAIL_LOSS)
 last_generator() { ls -v "$1"/Model/netG_epoch_*.pth | tail -1; }
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_64.yml --data-dir "$DATA" \
-    --output-dir "$RUNS/default_AttnGAN64" --set "$NET_E" --set "$PARTS"
+    --output-dir "$RUNS/default_AttnGAN64" --set "$NET_E" --set "$PARTS" --set "$DETAILS"
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan.yml --data-dir "$DATA" \
-    --output-dir "$RUNS/default_AttnGAN" --set "$NET_E" --set "$PARTS" \
+    --output-dir "$RUNS/default_AttnGAN" --set "$NET_E" --set "$PARTS" --set "$DETAILS" \
     --init-from "$(last_generator "$RUNS/default_AttnGAN64")"
 
-# 4. bundle (EMA generator, fp16 weights); redone only when the run's checkpoint is newer than the bundle
+# 5. bundle (EMA generator, fp16 weights); redone only when the run's checkpoint is newer than the bundle
 if [ ! "$BUNDLE/manifest.json" -nt "$RUNS/default_AttnGAN/checkpoint.pt" ]; then
     "${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN" --out "$BUNDLE" --half
 fi
 
-# 5. evaluation report on the held-out (test-class) captions; redone only for a newer bundle
+# 6. evaluation report on the held-out (test-class) captions; redone only for a newer bundle
 if [ ! "$BUNDLE/eval/metrics.json" -nt "$BUNDLE/manifest.json" ]; then
     "${ATTNGAN[@]}" evaluate --bundle "$BUNDLE" --data "$DATA" --out "$BUNDLE/eval" --images "$EVAL_IMAGES" \
         --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN"
 fi
 
-# 6. README pictures: docs/default_samples.png and docs/challenge_caption.png (the first hour's birds,
+# 7. README pictures: docs/default_samples.png and docs/challenge_caption.png (the first hour's birds,
 #    docs/first_hour_samples.png, come from a timed run of their own: models/first_hour.sh)
 "$PY" models/make_pictures.py --bundle "$BUNDLE" --docs docs

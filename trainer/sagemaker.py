@@ -11,13 +11,16 @@ gan_grow_config (a GAN config with fewer stages trained first, its generator gro
 default preset's is default/gan_64.yml, "" turns it off; gan_set and max_steps apply to every GAN run),
 gan_grow_restart_steps (after gan_grow_config's run, run it again this many steps from its EMA generator with
 fresh optimizers, and grow gan_config's generator from that; default 0; capped by max_steps),
-gan_detail_config (a GAN config trained last from gan_config's generator with TRAIN.DETAIL_LOSS, over a detail
-backbone trained first at the largest image size with attention pooling, e.g. default/gan_detail.yml; the bundle
-then comes from it; default none),
+gan_detail_config (a GAN config trained last from gan_config's generator with TRAIN.DETAIL_LOSS, e.g.
+default/gan_detail.yml; the bundle then comes from it; default none),
+detail_backbone_size (when any GAN run has TRAIN.DETAIL_LOSS > 0, as the default preset's do, or gan_detail_config
+is given: the detail backbone, attention-pooled heads that read small parts, is trained first at this size into the
+checkpoint folder and passed to every GAN run as TRAIN.DETAIL_BACKBONE, unless gan_set names one; default 128),
 damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
 gan_set (KEY=VALUE overrides separated by spaces or commas), nproc_per_node (default: GPUs, or 1),
 image_backbone ("train": pretrain the small image encoder's trunk first, kept in the checkpoint folder; a path:
-use that file; default "train" for config=default, else none), backbone_renders / backbone_epochs.
+use that file; default "train" for config=default, else none), backbone_renders / backbone_epochs (both
+backbones; their seeds are the default recipe's, models/train_default.sh).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ PRESETS = {  # DAMSM config, GAN config, and the GAN config of a 64 px stage tra
 KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "gan_detail_config", "damsm_epochs",
          "gan_epochs", "max_steps", "gan_grow_restart_steps",
          "set", "damsm_set", "gan_set", "nproc_per_node", "master_port", "image_backbone", "backbone_renders",
-         "backbone_epochs"}
+         "backbone_epochs", "detail_backbone_size"}
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Job:
     image_backbone: str = ""  # "" | "train" | a backbone file
     backbone_renders: int = 10000
     backbone_epochs: int = 8
+    detail_backbone_size: int = 128
 
     @property
     def node_rank(self) -> int:
@@ -170,6 +174,7 @@ def read_job(env: dict[str, str] | None = None) -> Job:
         image_backbone=hp.get("image_backbone", "train" if preset == "default" else ""),
         backbone_renders=integer("backbone_renders", 10000) or 10000,
         backbone_epochs=integer("backbone_epochs", 8) or 8,
+        detail_backbone_size=integer("detail_backbone_size", 128) or 128,
     )
 
 
@@ -221,17 +226,24 @@ def _image_backbone(job: Job) -> Path:
     from attngan.config import load_config
 
     cfg = load_config(str(job.damsm_cfg), job.damsm_set)
-    return _backbone_once(job, "image_backbone.safetensors", cfg.IMAGE_ENCODER_SIZE or _largest_size(cfg), [],
+    return _backbone_once(job, "image_backbone.safetensors", cfg.IMAGE_ENCODER_SIZE or _largest_size(cfg), [], 50,
                           "image backbone")
 
 
-def _detail_backbone(job: Job) -> Path:
-    """The detail stage's backbone (TRAIN.DETAIL_BACKBONE): attention-pooled heads on a trunk trained at the
-    largest image size, trained once into the checkpoint folder."""
+def _needs_detail_backbone(job: Job) -> bool:
+    """A GAN run reads its images with TRAIN.DETAIL_BACKBONE and gan_set does not name the file."""
     from attngan.config import load_config
 
-    cfg = load_config(str(job.detail_cfg), job.gan_set)
-    return _backbone_once(job, "detail_backbone.safetensors", _largest_size(cfg), ["--pool", "attention"],
+    if any(o.startswith("TRAIN.DETAIL_BACKBONE=") for o in job.gan_set):
+        return False
+    configs = [c for c in (job.grow_cfg, job.gan_cfg) if c is not None]
+    return job.detail_cfg is not None or any(load_config(str(c), job.gan_set).TRAIN.DETAIL_LOSS > 0 for c in configs)
+
+
+def _detail_backbone(job: Job) -> Path:
+    """TRAIN.DETAIL_BACKBONE: attention-pooled heads on a trunk of their own, trained once into the checkpoint
+    folder at detail_backbone_size (the default recipe's 128 px: it reads the wing bar and eye ring)."""
+    return _backbone_once(job, "detail_backbone.safetensors", job.detail_backbone_size, ["--pool", "attention"], 51,
                           "detail backbone")
 
 
@@ -239,12 +251,13 @@ def _largest_size(cfg: Any) -> int:
     return cfg.TREE.BASE_SIZE * 2 ** (cfg.TREE.BRANCH_NUM - 1)
 
 
-def _backbone_once(job: Job, name: str, size: int, extra: list[str], stage: str) -> Path:
+def _backbone_once(job: Job, name: str, size: int, extra: list[str], seed: int, stage: str) -> Path:
     """`attngan train backbone` into the checkpoint folder, unless a restarted job finds the file there."""
     path = job.checkpoint_dir / name
     if not path.is_file():
         _run([sys.executable, "-m", "attngan.cli", "train", "backbone", "--out", str(path), "--size", str(size),
-              *extra, "--renders", str(job.backbone_renders), "--epochs", str(job.backbone_epochs)], stage)
+              *extra, "--renders", str(job.backbone_renders), "--epochs", str(job.backbone_epochs),
+              "--seed", str(seed)], stage)
     return path
 
 
@@ -262,6 +275,8 @@ def run_job(job: Job) -> Path | None:
         _run(_train_cmd(job, "damsm", job.damsm_cfg, damsm_set, damsm_out), "DAMSM")
         text_path, image_path = latest_encoders(damsm_out)
         gan_set += [f"TRAIN.NET_E={text_path}", f"TRAIN.NET_IMAGE_E={image_path}"]
+    if _needs_detail_backbone(job):
+        gan_set.append(f"TRAIN.DETAIL_BACKBONE={_detail_backbone(job)}")
     grown_from = None
     if job.grow_cfg is not None:  # e.g. the 64 px stage alone first; a restarted job resumes whichever ran last
         from trainer.gan import latest_generator
@@ -279,10 +294,9 @@ def run_job(job: Job) -> Path | None:
     if job.detail_cfg is not None:  # details last, from the full generator; the bundle comes from this run
         from trainer.gan import latest_generator
 
-        detail_set = [*gan_set, f"TRAIN.DETAIL_BACKBONE={_detail_backbone(job)}"]
         start, _ = latest_generator(gan_out)
         gan_out = job.checkpoint_dir / "gan_detail"
-        _run(_train_cmd(job, "gan", job.detail_cfg, detail_set, gan_out, start), "GAN (details)")
+        _run(_train_cmd(job, "gan", job.detail_cfg, gan_set, gan_out, start), "GAN (details)")
     if not job.is_leader:
         return None
     from trainer.cli import export_run

@@ -274,6 +274,7 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
                             ([f"TRAIN.IMAGE_BACKBONE={other}"], "trunk is not"),
                             (["TRAIN.PART_LOSS=-1"], "PART_LOSS must be"),
                             (["TRAIN.DETAIL_BACKBONE="], "set TRAIN.DETAIL_BACKBONE"),
+                            ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'none.safetensors'}"], "DETAIL_BACKBONE .* does not exist"),
                             ([f"TRAIN.IMAGE_BACKBONE={tmp_path / 'detail_moved.safetensors'}"], "goes in TRAIN.DETAIL"),
                             (["TRAIN.DETAIL_LOSS=-1"], "DETAIL_LOSS must be")]:
         with pytest.raises(AttnGANError, match=expected):

@@ -27,7 +27,8 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
 
     # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone (word
     # attention on), the three-stage GAN grown from it; plus the optional steps: the 64 px stage restarted from its
-    # EMA generator before growing, and the detail stage over a 256 px detail backbone; shrunk to seconds
+    # EMA generator before growing, and the detail stage; every GAN run reads its birds with the detail backbone the
+    # job trains first (the recipe's 128 px, attention-pooled); shrunk to seconds
     common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
     hp = {"config": "default", "gan_detail_config": "default/gan_detail.yml", "gan_grow_restart_steps": "1500",
@@ -55,8 +56,10 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     assert gan_commands[1].endswith("TRAIN.MAX_STEPS=3")  # the restart's 1,500 steps, capped by max_steps
     assert f"--init-from {restart / 'Model'}" in grown and (restart / "checkpoint.pt").is_file()
     detail = tmp_path / "checkpoints" / "detail_backbone.safetensors"
-    assert f"TRAIN.DETAIL_BACKBONE={detail}" in gan_commands[3] and "--init-from" in gan_commands[3]
-    assert "--pool attention" in res.stderr and "--size 256" in res.stderr and detail.is_file()
+    assert all(f"TRAIN.DETAIL_BACKBONE={detail}" in c for c in gan_commands) and "--init-from" in gan_commands[3]
+    detail_command = next(line for line in res.stderr.splitlines() if "detail backbone: " in line)
+    assert "--pool attention" in detail_command and "--size 128" in detail_command and "--seed 51" in detail_command
+    assert detail.is_file()
     assert (tmp_path / "checkpoints" / "gan_detail" / "checkpoint.pt").is_file()  # the bundle's run
     from safetensors.torch import load_file
 
@@ -86,3 +89,20 @@ def test_sagemaker_failure_file_and_multinode_plan(birds, tmp_path):
     cmd = _train_cmd(job, "gan", job.gan_cfg, job.gan_set, tmp_path / "gan")
     assert "--master-addr=algo-1" in cmd and "--node-rank=1" in cmd and "--nnodes=2" in cmd
     assert "TRAIN.MAX_EPOCH=2" in cmd and "TRAIN.BATCH_SIZE=8" in cmd
+
+
+def test_sagemaker_detail_backbone_follows_the_configs(birds, tmp_path):
+    """The default preset's GAN runs read their birds with a detail backbone, so the job trains one; a job whose
+    runs do not (DETAIL_LOSS 0), or that names its own file, trains none."""
+    from trainer.sagemaker import _needs_detail_backbone, read_job
+
+    cases = [({"config": "default"}, True),
+             ({"config": "default", "gan_set": "TRAIN.DETAIL_LOSS=0"}, False),
+             ({"config": "default", "gan_set": "TRAIN.DETAIL_BACKBONE=/data/detail.safetensors"}, False),
+             ({"config": "synth"}, False),
+             ({"config": "synth", "gan_detail_config": "default/gan_detail.yml"}, True)]
+    for i, (hp, needed) in enumerate(cases):
+        env = _opt_ml(tmp_path / str(i), birds, hp)
+        job = read_job(env)
+        assert _needs_detail_backbone(job) is needed, hp
+        assert job.detail_backbone_size == 128

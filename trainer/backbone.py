@@ -272,8 +272,9 @@ def part_code_projection(path: str | Path, nef: int, seed: int = 0) -> tuple[tor
 def load_detail_reader(path: str | Path, min_accuracy: float | None = None) -> PartHeads:
     """A backbone file as a whole, its own trunk with its readable heads: the GAN's detail loss
     (TRAIN.DETAIL_LOSS) reads the largest generated image with it at the file's own size. Trained with
-    `attngan train backbone --size 256 --pool attention`, it reads parts the 128 px DAMSM trunk cannot: the eye
-    ring the challenge caption names on 100% of held-out renders (49%), the nape on 98% (19%)."""
+    `attngan train backbone --size 128 --pool attention` (the default recipe's), it reads parts the DAMSM trunk's
+    averaged code cannot: the wing bar on 99% of held-out renders, the eye ring on 95% (49%); at 256 px the nape
+    on 98% too (19%)."""
     state, meta = read_backbone(path)
     parts = readable_parts(path, meta, min_accuracy)
     pool = meta.get("pool", "mean")

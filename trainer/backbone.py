@@ -140,13 +140,14 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     return meta
 
 
-def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(trunk state, metadata) from a backbone file, with one-line errors for anything else."""
+def read_backbone(path: str | Path, key: str = "TRAIN.IMAGE_BACKBONE") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(trunk state, metadata) from a backbone file, with one-line errors (naming the config `key` it came from)
+    for anything else."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise AttnGANError(f"TRAIN.IMAGE_BACKBONE {path} does not exist (make one with `attngan train backbone`)")
+        raise AttnGANError(f"{key} {path} does not exist (make one with `attngan train backbone`)")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("attngan")
@@ -275,7 +276,7 @@ def load_detail_reader(path: str | Path, min_accuracy: float | None = None) -> P
     `attngan train backbone --size 128 --pool attention` (the default recipe's), it reads parts the DAMSM trunk's
     averaged code cannot: the wing bar on 99% of held-out renders, the eye ring on 95% (49%); at 256 px the nape
     on 98% too (19%)."""
-    state, meta = read_backbone(path)
+    state, meta = read_backbone(path, "TRAIN.DETAIL_BACKBONE")
     parts = readable_parts(path, meta, min_accuracy)
     pool = meta.get("pool", "mean")
     reader = PartHeads(parts, int(meta.get("size", 0)), pool)

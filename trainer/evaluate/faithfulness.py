@@ -412,12 +412,23 @@ def get_classifier(out_dir: Path, data_dir: Path, train_images: torch.Tensor, tr
     return CachedClassifier(model, meta)
 
 
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p of n trials (95% at z 1.96). Verdicts on one bird are not
+    independent, so for named-attribute accuracy it is the narrowest the true spread can be."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def score(pred: torch.Tensor, labels: torch.Tensor, parts: dict[str, list[str]],
           judgeable: Iterable[str] | None = None) -> dict[str, Any]:
-    """Named-attribute accuracy of predictions against the values captions name, over judgeable parts only,
-    and the share of images with every judgeable named part right."""
+    """Named-attribute accuracy of predictions against the values captions name, over judgeable parts only, with
+    its 95% interval, and the share of images with every judgeable named part right."""
     keep = list(parts) if judgeable is None else [p for p in parts if p in set(judgeable)]
     res = per_part_accuracy(pred, labels, parts, only=keep)
+    res["interval_95"] = list(wilson_interval(res["accuracy"], res["n"]))
     cols = [i for i, p in enumerate(parts) if p in keep]
     if len(labels) and cols:
         ok = (pred[:, cols] == labels[:, cols]) | (labels[:, cols] == IGNORE)

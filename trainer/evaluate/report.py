@@ -18,6 +18,13 @@ REPORT_NOTE = (
 )
 
 
+def accuracy_text(generated: dict[str, Any]) -> str:
+    """A score's accuracy with its 95% interval when it has one: 85.5% (95% interval 84.2-86.7%)."""
+    text = f"{100 * generated['accuracy']:.1f}%"
+    lo, hi = generated.get("interval_95", (float("nan"), float("nan")))
+    return text if math.isnan(lo) else f"{text} (95% interval {100 * lo:.1f}-{100 * hi:.1f}%)"
+
+
 def _font(size: int = 12) -> ImageFont.ImageFont:
     for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
         try:
@@ -227,9 +234,10 @@ def render_markdown(m: dict[str, Any]) -> str:
         j, g = f["judge"], f["generated"]
         L += [(f"An attribute classifier trained on {j['n_train']} real synthetic renders judges each generated "
               f"bird on the attributes its caption names. Its own accuracy on {j['n_held_out']} real held-out "
-              f"renders is **{_pct(j['held_out']['accuracy'])}**; generated birds: **{_pct(g['accuracy'])}** of "
-              f"{g['n']} named attributes correct; {_pct(g['per_image_all_correct'])} of birds have every named "
-              f"attribute right."
+              f"renders is **{_pct(j['held_out']['accuracy'])}**; generated birds: **{accuracy_text(g)}** "
+              f"of {g['n']} named attributes correct (a binomial interval: verdicts on one bird are not "
+              f"independent, so it is the narrowest the spread can be); {_pct(g['per_image_all_correct'])} of "
+              "birds have every named attribute right."
               + (f" {_pct(g['swapped'])} of the named attributes got a colour the same caption names for another "
                  "part (colours drawn, but not bound to their parts)." if "swapped" in g else "")
               + (f" The judge is `{f['judge_from']}`'s (`--judge`), so these scores compare with that "

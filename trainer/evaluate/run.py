@@ -493,7 +493,7 @@ def quality_bars(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         g = gen["accuracy"]
         weakest = sorted(gen.get("per_part", {}).items(), key=lambda kv: kv[1])[:3]
         bars.append({"name": "named-attribute accuracy of generated birds", "target": ">= 85%",
-                     "measured": f"{100 * g:.1f}%", "met": g >= 0.85,
+                     "measured": report.accuracy_text(gen), "met": g >= 0.85,
                      "why": "the generator does not yet draw every colour its captions name"
                             + (f"; weakest parts {', '.join(f'{k} {100 * v:.1f}%' for k, v in weakest)}"
                                if weakest else "")

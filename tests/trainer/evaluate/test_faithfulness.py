@@ -69,6 +69,22 @@ def test_score_counts_colours_drawn_on_the_wrong_part():
     assert fa.score(pred, labels, parts, judgeable=["crown"])["swapped"] == pytest.approx(1 / 3)
 
 
+def test_accuracy_carries_its_interval_so_a_bar_met_by_a_hair_says_so():
+    """Half of 100 verdicts right: the Wilson 95% interval is 40.4-59.6%; all right still leaves room below."""
+    assert fa.wilson_interval(0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert fa.wilson_interval(1.0, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    parts = {"crown": ["red", "blue"]}
+    labels = fa.encode_labels([{"crown": "red"}] * 100, parts)
+    res = fa.score(torch.tensor([[0]] * 50 + [[1]] * 50), labels, parts)
+    assert res["interval_95"] == pytest.approx([0.4038, 0.5962], abs=1e-4)
+    from trainer.evaluate.run import quality_bars
+
+    generated = {"accuracy": 0.8546, "interval_95": list(fa.wilson_interval(0.8546, 2902))}
+    bars = quality_bars({"faithfulness": {"judge": {"held_out": {"accuracy": 0.994}}, "generated": generated}})
+    bar = next(b for b in bars if b["name"] == "named-attribute accuracy of generated birds")
+    assert bar["met"] and bar["measured"] == "85.5% (95% interval 84.1-86.7%)"
+
+
 def test_stale_cache_is_retrained_and_meta_round_trips(tmp_path):
     parts = {"crown": ["red", "blue"]}
     model = fa.AttributeClassifier(parts, width=8)

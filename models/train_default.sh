@@ -2,8 +2,8 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 3 h 25 min of training in all (backbone
-# 6 min, DAMSM 25 min, detail backbone 11 min, GAN stage 1 1 h 56 min, stage 2 46 min; this machine ran up to ~1.7x
+# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 4 h of training in all (backbone
+# 6 min, DAMSM 25 min, detail backbone 11 min, GAN stage 1 2 h 31 min, stage 2 45 min; this machine ran up to ~1.7x
 # faster on other days; models/README.md has each step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,8 +6,9 @@
 #   3. the training tests on CUDA (ATTNGAN_TEST_CUDA=1: deterministic kernels, so the resume tests' bit-for-bit
 #      comparisons hold), for at most TESTS seconds (TESTS=0 skips them and gives step 4 their time);
 #   4. the default recipe's first minutes on the GPU, timed with the time that is left: both backbones, DAMSM (its
-#      text-on-renders phase shortened by DAMSM_SETS, the detail backbone by DETAIL_RENDERS), then the 64 px GAN stage until BUDGET seconds have passed
-#      since the backbone started (SIGTERM: a clean stop), exported and evaluated.
+#      text-on-renders phase shortened by DAMSM_SETS, the detail backbone by DETAIL_RENDERS), then the 64 px GAN
+#      stage until BUDGET seconds have passed since the backbone started (SIGTERM: a clean stop), exported and
+#      evaluated.
 # Measured on an H200 (2026-12-04, torch 2.11): the backbone 111 s (28 s of it rendering), DAMSM's data epochs
 # ~32 steps/s (8x this 2-core CPU), its text-on-renders phase 20-35 steps/s (no faster than the CPU: the tiny
 # LSTM's steps are launch-bound), so the full DAMSM (~13 min) left the GAN stage no time; hence DAMSM_SETS.

@@ -37,7 +37,7 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     t2i = TextToImage.from_bundle(args.bundle, precision="fp32")
-    reader = load_detail_reader(args.backbone, min_accuracy=0.0).float().eval()  # every head, its accuracy printed
+    reader = load_detail_reader(args.backbone, min_accuracy=0.0).float().eval()  # every head, also those under 90%
     prepared = t2i.prepare(args.caption)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     birds = [g.images[-1] for g in t2i.generate([prepared] * len(seeds), seeds)]
@@ -45,14 +45,13 @@ def main() -> None:
 
     words = set(prepared.tokens) | ({"eyering"} if {"eye", "ring"} <= set(prepared.tokens) else set())
     extra = {p for p in args.parts.split(",") if p}
-    wanted = [p for p in reader.parts if p.split("_")[0] in words or p in extra]  # bill_colour: "bill"
+    wanted = [p for p in reader.parts if p.split("_")[0] in words or p in extra]  # bill_color: "bill"
     print(f'"{args.caption}": {len(seeds)} seeds of {t2i.version}, read by {args.backbone}')
     for part in wanted:
-        counts = Counter(reader.parts[part][i] for i in read[part].argmax(1).tolist())
-        print(f"  {part:12s} " + ", ".join(f"{colour} {n}" for colour, n in counts.most_common()))
-        if part == "eyering":
-            black = [s for s, i in zip(seeds, read[part].argmax(1).tolist()) if reader.parts[part][i] == "black"]
-            print(f"  {'':12s} seeds read black: {black}")
+        read_as = [reader.parts[part][i] for i in read[part].argmax(1).tolist()]
+        print(f"  {part:12s} " + ", ".join(f"{colour} {n}" for colour, n in Counter(read_as).most_common()))
+        for colour in dict.fromkeys(read_as):  # which seeds to look at for each verdict
+            print(f"  {'':12s} {colour}: seeds {[s for s, c in zip(seeds, read_as) if c == colour]}")
     if args.sheet:
         w, h = birds[0].size
         sheet = Image.new("RGB", (8 * w, -(-len(birds) // 8) * h), "white")

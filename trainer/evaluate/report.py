@@ -19,7 +19,7 @@ REPORT_NOTE = (
 
 
 def accuracy_text(generated: dict[str, Any]) -> str:
-    """A score's accuracy with its 95% interval when it has one: 85.5% (95% interval 84.2-86.7%)."""
+    """A score's accuracy with its 95% interval when it has one: 85.5% (95% interval 84.1-86.7%)."""
     text = f"{100 * generated['accuracy']:.1f}%"
     lo, hi = generated.get("interval_95", (float("nan"), float("nan")))
     return text if math.isnan(lo) else f"{text} (95% interval {100 * lo:.1f}-{100 * hi:.1f}%)"

@@ -12,13 +12,16 @@ F.glu gives it), so the GAN is measured both ways: every net channels-last, and 
     python bench/train.py                       # synth, default and bird configs; writes docs/benchmarks.md
     python bench/train.py --configs default,default64 --no-write
     python bench/train.py --configs default64_plain,default64 --no-write   # what word attention at 64 px costs
+    python bench/train.py --configs default64_unread,default64 --no-write  # what reading the birds back costs
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +41,10 @@ CONFIGS = {  # name: (DAMSM config, GAN config)
 }
 VARIANTS = {  # name: (config it varies, GAN overrides); its GAN rate is also printed against that config's
     "default64_plain": ("default64", ["GAN.WORD_ATTN_64=false"]),  # stage 1 without its word attention at 64 px
+    # stage 1 without the backbones that read its birds back (what the part and detail losses cost)
+    "default64_unread": ("default64", ["TRAIN.PART_LOSS=0", "TRAIN.DETAIL_LOSS=0"]),
 }
+DETAIL_SIZE = 128  # the recipe's detail backbone reads at 128 px (`attngan train backbone --size 128 --pool attention`)
 
 
 @dataclass
@@ -55,15 +61,30 @@ SETTINGS = [Setting("fp32 (baseline)", False, False, False),
             Setting("bf16 + channels-last, G NCHW + fused Adam", True, True, True, generator_nchw=True)]
 
 
-def load_cfgs(name: str):
-    """-> (DAMSM config path, DAMSM config, GAN config) of a config or variant name."""
+def load_cfgs(name: str, scratch: Path):
+    """-> (DAMSM config path, DAMSM config, GAN config) of a config or variant name. A DAMSM trained over an image
+    backbone file that is not there (a fresh checkout) gets an untrained one of the same shape in `scratch`."""
     from attngan.config import load_config
 
     base, overrides = VARIANTS.get(name, (name, []))
     if base not in CONFIGS:
         raise SystemExit(f"unknown config {name!r}; choose from {', '.join([*CONFIGS, *VARIANTS])}")
     damsm, gan = CONFIGS[base]
-    return damsm, load_config(damsm), load_config(gan, overrides)
+    damsm_cfg = load_config(damsm)
+    if damsm_cfg.TRAIN.IMAGE_BACKBONE and not Path(damsm_cfg.TRAIN.IMAGE_BACKBONE).is_file():
+        path = untrained_backbone(scratch / f"{base}_backbone.safetensors", damsm_cfg.IMAGE_ENCODER_SIZE)
+        damsm_cfg = load_config(damsm, [f"TRAIN.IMAGE_BACKBONE={path}"])
+    return damsm, damsm_cfg, load_config(gan, overrides)
+
+
+def untrained_backbone(out: Path, size: int) -> Path:
+    """A backbone file with random weights and every part's head kept: its cost is that of a trained one."""
+    from trainer.backbone import PartHeads, save_backbone
+    from trainer.data.synth import ATTRIBUTE_VALUES
+
+    meta = {"format": "attngan-small-image-backbone", "version": 1, "size": size, "parts": ATTRIBUTE_VALUES,
+            "pool": "mean", "held_out_per_part": dict.fromkeys(ATTRIBUTE_VALUES, 1.0)}
+    return save_backbone(PartHeads(ATTRIBUTE_VALUES, size), meta, out)
 
 
 def fake_batch(cfg, n_words: int, batch: int, sizes: list[int], device: str, seed: int = 0):
@@ -129,6 +150,8 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         init_weights,
     )
     from trainer import losses
+    from trainer.backbone import PartHeads, PartReader
+    from trainer.data.synth import ATTRIBUTE_VALUES
 
     mc = ModelConfig.from_config(cfg, n_words)
     text = TextEncoder(n_words, nhidden=mc.embedding_dim).to(device).eval().requires_grad_(False)
@@ -140,8 +163,16 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     for d in netsD:
         d.apply(init_weights)
     nets = [netG.to(device), *[d.to(device) for d in netsD]]
+    # the recipe's readers of the generated birds, every part of the synthetic birds (random weights: their cost
+    # is what is measured); the trainer keeps the parts each reads on >= 90% of renders, about as many
+    reader = PartReader(ATTRIBUTE_VALUES, image.emb_cnn_code.in_features) if cfg.TRAIN.PART_LOSS else None
+    detail = PartHeads(ATTRIBUTE_VALUES, DETAIL_SIZE, "attention") if cfg.TRAIN.DETAIL_LOSS else None
+    for r in (reader, detail):
+        if r is not None:
+            r.to(device).eval().requires_grad_(False)
+    labels = torch.stack([torch.randint(len(v), (batch,)) for v in ATTRIBUTE_VALUES.values()], 1).to(device)
     if s.channels_last:
-        for n in [image, *(nets[1:] if s.generator_nchw else nets)]:
+        for n in [image, *(nets[1:] if s.generator_nchw else nets), *([detail] if detail is not None else [])]:
             n.to(memory_format=torch.channels_last)
     optG = adam(netG.parameters(), cfg.TRAIN.GENERATOR_LR, s.fused)
     optsD = [adam(d.parameters(), cfg.TRAIN.DISCRIMINATOR_LR, s.fused) for d in netsD]
@@ -169,10 +200,23 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         optG.zero_grad(set_to_none=True)
         with amp(device, s.bf16):
             errG = losses.generator_adversarial_loss(netsD, fakes, sent)
-            regions, code = image(fakes[-1])
+            if reader is None:
+                regions, code = image(fakes[-1])
+            else:  # as the trainer: every stage's image read by the trunk, the last pass serves DAMSM too
+                p_loss = 0.0
+                for fake in fakes:
+                    features, pooled = image.features(fake)
+                    p_loss = p_loss + losses.part_loss(reader(pooled), labels) * cfg.TRAIN.PART_LOSS / len(fakes)
+                regions, code = image.project(features, pooled)
+            if detail is not None:
+                d_loss = losses.part_loss(detail(fakes[-1]), labels) * cfg.TRAIN.DETAIL_LOSS
         w0, w1, _ = losses.words_loss(regions, words, lengths, class_ids, g.GAMMA1, g.GAMMA2, g.GAMMA3)
         s0, s1 = losses.sent_loss(code, sent, class_ids, g.GAMMA3)
         total = errG + (w0 + w1 + s0 + s1) * g.LAMBDA + losses.kl_loss(mu, logvar)
+        if reader is not None:
+            total = total + p_loss
+        if detail is not None:
+            total = total + d_loss
         total.backward()
         optG.step()
         for d in netsD:
@@ -221,12 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     mach = machine(device)
     print(f"machine: {describe(mach)}", flush=True)
     t_start = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="bench_train_"))  # untrained backbone files, removed at the end
     rows, notes = [], []
     rates: dict[tuple[str, str, str], float] = {}
     measured_damsm: set[Path] = set()
     peaks: dict[str, float] = {}  # measured matmul FLOP/s per dtype: this machine's practical ceiling
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
-        damsm_path, damsm_cfg, gan_cfg = load_cfgs(name)
+        damsm_path, damsm_cfg, gan_cfg = load_cfgs(name, scratch)
         n_words = args.n_words or (5450 if name == "bird" else 400)
         stages = [("GAN", gan_cfg, gan_step_fn)]
         if damsm_path not in measured_damsm:  # default64 shares default's DAMSM
@@ -272,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             if rate:
                 notes.append(f"{name}: the data loader delivers {rate:.0f} images/s per worker process on "
                              f"{args.data} (GAN config transforms).")
+    shutil.rmtree(scratch, ignore_errors=True)
     table = md_table(["config", "stage", "batch", "path", "iterations/s", "images/s", "vs fp32", "GFLOP/iteration",
                       "achieved TFLOP/s", "vs measured matmul peak"], rows)
     print("\n" + table)
@@ -280,14 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t_start
     body = f"""Measured {today()} with `python bench/train.py --configs {args.configs}` ({wall:.0f} s).
 Machine: {describe(mach)}. One optimizer iteration = the trainer's step (DAMSM: both encoders, word + sentence
-losses, clip, Adam; GAN: G forward, every D's update, G's update with the DAMSM losses and KL, EMA) on synthetic
+losses, clip, Adam; GAN: G forward, every D's update, G's update with the DAMSM, part and detail losses the config has and KL, EMA) on synthetic
 batches (loading excluded). Random weights; vocabulary {args.n_words or '5450 (bird) / 400 (synthetic birds)'} words.
 FLOPs per iteration are counted with `torch.utils.flop_counter` over one step (matmuls and convolutions, forward
 and backward); the peak is a large square matmul measured in the same run, the practical ceiling of this machine.
 `default64` is the default model's 64 px stage 1 (`trainer/cfg/default/gan_64.yml`), `default` its three-stage
-stage 2 (both with word attention at 64 px, `GAN.WORD_ATTN_64`), `default64_plain` stage 1 without it. The part and
-detail losses (`TRAIN.PART_LOSS`, `TRAIN.DETAIL_LOSS`: backbones reading each generated image) are not in these
-steps, so the default recipe's training steps, which have them, do more work than these. "G NCHW" is what the trainer does on CPU: the
+stage 2 (both with word attention at 64 px, `GAN.WORD_ATTN_64`, and the part and detail losses of their configs:
+the image backbone's part heads read every stage's image, the 128 px detail backbone the last one), `default64_plain`
+stage 1 without word attention, `default64_unread` without the part and detail losses. "G NCHW" is what the trainer does on CPU: the
 generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
 channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
 slower than either layout alone on CPU.

@@ -6,11 +6,12 @@
 # at 64 px"): at the same step it names 14 points more of the caption's attributes right than the plain stage.
 # The hour, not gan_64.yml's MAX_STEPS, ends the stage here (a fast machine would reach 9,630 steps within it).
 # The recipe's detail loss (TRAIN.DETAIL_LOSS) is left out of the hour, as measured: its backbone alone would take
-# 11 of the hour's minutes, and stage 1 runs ~20% slower with it.
+# 11 of the hour's minutes, and stage 1 runs ~20% slower with it. DAMSM is the recipe's, shortened (25 epochs and
+# 12,000 text steps on renders, against 45 and 20,000): 14 more minutes for the GAN, 10 points more named attributes.
 # `make first-hour` runs this; it needs the synthetic data of `make train-default` (data/default, seed 4).
-# Measured 2026-12-04 on a 2-core AMD EPYC with AVX512-BF16: backbone 6.3 min, DAMSM 26.9 min, GAN stage 1 26.8 min
-# at 2.56 steps/s to step 4,093 (the same machine ran the plain recipe's hour to step 9,630 on 2026-12-03 evening
-# and to step 4,747 earlier on 2026-12-04: its speed varies; models/README.md, "The first hour").
+# Measured 2026-12-05 on a 2-core AMD EPYC with AVX512-BF16: backbone 5.6 min, DAMSM 14.1 min, GAN stage 1 40.3 min
+# at 2.80 steps/s to step 6,747: 73.6% named attributes (the full DAMSM's hour on 2026-12-04, at the same machine
+# speed: step 4,093, 63.6%). The machine's speed varies from day to day (models/README.md, "The first hour").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ ATTNGAN=("$PY" -m attngan.cli)
 DATA=${DATA:-data/default}
 RUNS=${RUNS:-output}/first_hour
 HOUR=${HOUR:-3600}
+DAMSM_EPOCHS=${DAMSM_EPOCHS:-25}  # the recipe's damsm.yml: 45 epochs, then 20,000 text steps on renders
+TEXT_STEPS=${TEXT_STEPS:-12000}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 if [ ! -f "$DATA/attributes.json" ]; then
     "${ATTNGAN[@]}" data synth --out "$DATA" --images 4000 --seed 4
@@ -34,13 +37,14 @@ elapsed() { echo $(( $(date +%s) - start )); }
 "${ATTNGAN[@]}" train backbone --out "$RUNS/backbone.safetensors" --renders 10000 --epochs 8 --size 128 --seed 50
 echo "first hour: backbone done at $(elapsed) s"
 "${ATTNGAN[@]}" train damsm --cfg trainer/cfg/default/damsm.yml --data-dir "$DATA" --output-dir "$RUNS/DAMSM" \
-    --set "TRAIN.IMAGE_BACKBONE=$RUNS/backbone.safetensors"
+    --set "TRAIN.IMAGE_BACKBONE=$RUNS/backbone.safetensors" \
+    --set "TRAIN.MAX_EPOCH=$DAMSM_EPOCHS" --set "TRAIN.TEXT_RENDER_STEPS=$TEXT_STEPS"
 echo "first hour: DAMSM done at $(elapsed) s"
 left=$(( HOUR - $(elapsed) ))
 if [ "$left" -gt 0 ]; then
     # timeout's SIGTERM is a clean stop (exit 0 after the checkpoint); 124 only says the time ran out
     timeout -s TERM "$left" "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_64.yml --data-dir "$DATA" \
-        --output-dir "$RUNS/AttnGAN64" --set "TRAIN.NET_E=$RUNS/DAMSM/Model/text_encoder45.pth" \
+        --output-dir "$RUNS/AttnGAN64" --set "TRAIN.NET_E=$RUNS/DAMSM/Model/text_encoder$DAMSM_EPOCHS.pth" \
         --set "TRAIN.IMAGE_BACKBONE=$RUNS/backbone.safetensors" --set TRAIN.DETAIL_LOSS=0 \
         --set TRAIN.MAX_STEPS=1000000 || [ $? -eq 124 ]
 fi

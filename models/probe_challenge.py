@@ -7,6 +7,8 @@ colour is drawn. A reader's verdict is not a picture: --sheet writes the 256 px 
 
     .venv/bin/python models/probe_challenge.py --bundle models/default \
         --backbone output/default_detail_backbone.safetensors --seeds 32 --sheet /tmp/challenge_seeds.png
+
+`--truth crown=yellow,eyering=black` puts above them 8 birds the data set's renderer draws with those parts.
 """
 
 from __future__ import annotations
@@ -23,42 +25,67 @@ def main() -> None:
     from attngan.pipeline import TextToImage
     from attngan.render import save_palette_png
     from trainer.backbone import load_detail_reader
+    from trainer.data.synth import ATTRIBUTE_VALUES
     from trainer.data.transforms import to_tensor
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default="models/default")
-    ap.add_argument("--backbone", required=True, help="a backbone file (the recipe's TRAIN.DETAIL_BACKBONE)")
+    ap.add_argument("--backbone", help="a backbone file (the recipe's TRAIN.DETAIL_BACKBONE) to read them with")
     ap.add_argument("--caption", default=CHALLENGE_CAPTION)
     ap.add_argument("--seeds", type=int, default=32, help="seeds first-seed .. first-seed + N - 1")
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--parts", default="", help="comma-separated parts to read besides those the caption names")
     ap.add_argument("--sheet", help="write the birds as one PNG, 8 per row, in seed order")
+    ap.add_argument("--truth", default="", metavar="PART=VALUE,...",
+                    help="the sheet's first row: 8 birds drawn by the data set's own renderer with these parts "
+                         "(the rest of each a random species'): what the caption asks for, to compare with")
     args = ap.parse_args()
+    if not args.backbone and not args.sheet:
+        ap.error("give --backbone (to read the birds), --sheet (to look at them), or both")
+    truth_parts = dict(kv.split("=", 1) for kv in args.truth.split(",") if "=" in kv)
+    for part, value in truth_parts.items():
+        if value not in ATTRIBUTE_VALUES.get(part, ()):
+            ap.error(f"--truth {part}={value}: parts and values are trainer.data.synth.ATTRIBUTE_VALUES")
 
     torch.set_grad_enabled(False)
     t2i = TextToImage.from_bundle(args.bundle, precision="fp32")
-    reader = load_detail_reader(args.backbone, min_accuracy=0.0).float().eval()  # every head, also those under 90%
     prepared = t2i.prepare(args.caption)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     birds = [g.images[-1] for g in t2i.generate([prepared] * len(seeds), seeds)]
-    read = reader(torch.stack([to_tensor(b) for b in birds]))
-
-    words = set(prepared.tokens) | ({"eyering"} if {"eye", "ring"} <= set(prepared.tokens) else set())
-    extra = {p for p in args.parts.split(",") if p}
-    wanted = [p for p in reader.parts if p.split("_")[0] in words or p in extra]  # bill_color: "bill"
-    print(f'"{args.caption}": {len(seeds)} seeds of {t2i.version}, read by {args.backbone}')
-    for part in wanted:
-        read_as = [reader.parts[part][i] for i in read[part].argmax(1).tolist()]
-        print(f"  {part:12s} " + ", ".join(f"{colour} {n}" for colour, n in Counter(read_as).most_common()))
-        for colour in dict.fromkeys(read_as):  # which seeds to look at for each verdict
-            print(f"  {'':12s} {colour}: seeds {[s for s, c in zip(seeds, read_as) if c == colour]}")
+    if args.backbone:
+        reader = load_detail_reader(args.backbone, min_accuracy=0.0).float().eval()  # all heads, also < 90%
+        read = reader(torch.stack([to_tensor(b) for b in birds]))
+        words = set(prepared.tokens) | ({"eyering"} if {"eye", "ring"} <= set(prepared.tokens) else set())
+        extra = {p for p in args.parts.split(",") if p}
+        wanted = [p for p in reader.parts if p.split("_")[0] in words or p in extra]  # bill_color: "bill"
+        print(f'"{args.caption}": {len(seeds)} seeds of {t2i.version}, read by {args.backbone}')
+        for part in wanted:
+            read_as = [reader.parts[part][i] for i in read[part].argmax(1).tolist()]
+            counts = ", ".join(f"{colour} {n}" for colour, n in Counter(read_as).most_common())
+            print(f"  {part:12s} {counts}")
+            for colour in dict.fromkeys(read_as):  # which seeds to look at for each verdict
+                print(f"  {'':12s} {colour}: seeds {[s for s, c in zip(seeds, read_as) if c == colour]}")
     if args.sheet:
+        truth = rendered(truth_parts, birds[0].size[0], args.first_seed) if truth_parts else []
         w, h = birds[0].size
-        sheet = Image.new("RGB", (8 * w, -(-len(birds) // 8) * h), "white")
-        for i, bird in enumerate(birds):
+        sheet = Image.new("RGB", (8 * w, -(-len(truth + birds) // 8) * h), "white")
+        for i, bird in enumerate(truth + birds):
             sheet.paste(bird, ((i % 8) * w, (i // 8) * h))
         save_palette_png(sheet, args.sheet)
         print(f"wrote {args.sheet}")
+
+
+def rendered(parts: dict[str, str], size: int, seed: int, n: int = 8) -> list[Image.Image]:
+    """`n` birds as the synthetic data set draws them, each a random species with `parts` set."""
+    import numpy as np
+
+    from trainer.data.synth import make_species, render_bird
+
+    birds = []
+    for i, species in enumerate(make_species(n, np.random.default_rng(seed))):
+        attributes = {**species.attributes, "eye": species.eye_options[0], "leg": species.leg_options[0], **parts}
+        birds.append(render_bird(attributes, size, np.random.default_rng([seed, i])))
+    return birds
 
 
 if __name__ == "__main__":

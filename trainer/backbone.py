@@ -86,8 +86,6 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     `device` auto trains on the GPU when there is one (rendering stays on the CPU).
     `pool` "attention" makes a detail backbone (TRAIN.DETAIL_BACKBONE) rather than DAMSM's; `parts` limits the
     heads (all of them teach the trunk best: the small parts alone learnt nothing, models/README.md)."""
-    from safetensors.torch import save_file
-
     from trainer.data.synth import ATTRIBUTE_VALUES
     from trainer.evaluate import faithfulness as fz
     from trainer.evaluate.run import resolve_device
@@ -124,20 +122,29 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
             "epochs": epochs, "seed": seed, "train_seconds": round(train_seconds, 1),
             "held_out_renders": held_out, "held_out_accuracy": round(acc["accuracy"], 4),
             "held_out_per_part": {p: round(v, 4) for p, v in acc["per_part"].items()}}
+    save_backbone(model, meta, out)
+    log.info("backbone: %.1f%% of parts right on %d held-out renders (%s), trained in %.0f s on %s -> %s",
+             100 * acc["accuracy"], held_out,
+             ", ".join(f"{p} {100 * v:.0f}%" for p, v in acc["per_part"].items()), train_seconds, dev, out)
+    return meta
+
+
+def save_backbone(model: PartHeads, meta: dict[str, Any], out: str | Path) -> Path:
+    """Write `model` as a backbone file (safetensors, `meta` as its "attngan" metadata), atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     heads = {f"{HEADS_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.heads.state_dict().items()}
-    if pool == "attention":  # its global block is untrained: only the trunk and the attention heads are kept
+    if model.pool == "attention":  # its global block is untrained: only the trunk and the attention heads are kept
         trunk = {k: v for k, v in trunk_state(model.encoder).items() if k.startswith("trunk.")}
         heads.update({f"{WHERE_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.where.state_dict().items()})
     else:
         trunk = trunk_state(model.encoder)
     save_file({**trunk, **heads}, str(tmp), metadata={"attngan": json.dumps(meta)})
     tmp.replace(out)
-    log.info("backbone: %.1f%% of parts right on %d held-out renders (%s), trained in %.0f s on %s -> %s",
-             100 * acc["accuracy"], held_out,
-             ", ".join(f"{p} {100 * v:.0f}%" for p, v in acc["per_part"].items()), train_seconds, dev, out)
-    return meta
+    return out
 
 
 def read_backbone(path: str | Path, key: str = "TRAIN.IMAGE_BACKBONE") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -8,7 +8,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_VERSION_CHECK := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup test serve synth lint bench train-default first-hour clean
+.PHONY: setup browser test serve synth lint bench train-default first-hour clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,16 @@ $(STAMP): pyproject.toml $(wildcard package.json package-lock.json)
 	@if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
 	@touch $@
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# Headless Chromium for the web page test, from Debian when this is a root shell with apt (a CI runner, a container);
+# elsewhere the test says how to install it and is skipped.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = "0" ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "make: could not install chromium; the browser test will be skipped"; \
+	fi
 
 serve: setup
 	PORT=$${PORT:-8080} $(VENV)/bin/gunicorn -c service/gunicorn_conf.py 'service.app:create_app()'

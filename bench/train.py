@@ -72,17 +72,19 @@ def load_cfgs(name: str, scratch: Path):
     damsm, gan = CONFIGS[base]
     damsm_cfg = load_config(damsm)
     if damsm_cfg.TRAIN.IMAGE_BACKBONE and not Path(damsm_cfg.TRAIN.IMAGE_BACKBONE).is_file():
-        path = untrained_backbone(scratch / f"{base}_backbone.safetensors", damsm_cfg.IMAGE_ENCODER_SIZE)
+        path = scratch / f"{damsm.parent.name}_{damsm.stem}_backbone.safetensors"  # one per DAMSM config
+        if not path.is_file():
+            untrained_backbone(path, damsm_cfg.IMAGE_ENCODER_SIZE)
         damsm_cfg = load_config(damsm, [f"TRAIN.IMAGE_BACKBONE={path}"])
     return damsm, damsm_cfg, load_config(gan, overrides)
 
 
 def untrained_backbone(out: Path, size: int) -> Path:
     """A backbone file with random weights and every part's head kept: its cost is that of a trained one."""
-    from trainer.backbone import PartHeads, save_backbone
+    from trainer.backbone import BACKBONE_FORMAT, PartHeads, save_backbone
     from trainer.data.synth import ATTRIBUTE_VALUES
 
-    meta = {"format": "attngan-small-image-backbone", "version": 1, "size": size, "parts": ATTRIBUTE_VALUES,
+    meta = {"format": BACKBONE_FORMAT, "version": 1, "size": size, "parts": ATTRIBUTE_VALUES,
             "pool": "mean", "held_out_per_part": dict.fromkeys(ATTRIBUTE_VALUES, 1.0)}
     return save_backbone(PartHeads(ATTRIBUTE_VALUES, size), meta, out)
 

@@ -42,10 +42,10 @@ def main() -> None:
     args = ap.parse_args()
     if not args.backbone and not args.sheet:
         ap.error("give --backbone (to read the birds), --sheet (to look at them), or both")
-    truth_parts = dict(kv.split("=", 1) for kv in args.truth.split(",") if "=" in kv)
+    truth_parts = dict(kv.partition("=")[::2] for kv in args.truth.split(",") if kv)
     for part, value in truth_parts.items():
         if value not in ATTRIBUTE_VALUES.get(part, ()):
-            ap.error(f"--truth {part}={value}: parts and values are trainer.data.synth.ATTRIBUTE_VALUES")
+            ap.error(f"--truth {part}={value}: give PART=VALUE pairs of trainer.data.synth.ATTRIBUTE_VALUES")
 
     torch.set_grad_enabled(False)
     t2i = TextToImage.from_bundle(args.bundle, precision="fp32")

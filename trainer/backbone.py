@@ -39,6 +39,7 @@ log = logging.getLogger("trainer")
 
 TRUNK_PREFIXES = ("trunk.", "trunk_global.")
 HEADS_PREFIX = "heads."
+BACKBONE_FORMAT = "attngan-small-image-backbone"  # a backbone file's metadata "format"
 WHERE_PREFIX = "where."  # pool="attention": each part's spatial attention (a 1x1 conv, one output per part)
 
 
@@ -117,7 +118,7 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     acc = fz.per_part_accuracy(fz.predict(model, val_images, device=dev), fz.encode_labels(val_records, parts),
                                parts)
     model.cpu()
-    meta = {"format": "attngan-small-image-backbone", "version": 1, "size": size, "renders": renders,
+    meta = {"format": BACKBONE_FORMAT, "version": 1, "size": size, "renders": renders,
             "parts": parts, "pool": pool,
             "epochs": epochs, "seed": seed, "train_seconds": round(train_seconds, 1),
             "held_out_renders": held_out, "held_out_accuracy": round(acc["accuracy"], 4),
@@ -162,7 +163,7 @@ def read_backbone(path: str | Path, key: str = "TRAIN.IMAGE_BACKBONE") -> tuple[
     except (SafetensorError, OSError, ValueError) as exc:
         raise AttnGANError(f"{path} is not a safetensors backbone file: {exc}") from None
     meta = json.loads(raw) if raw else {}
-    if meta.get("format") != "attngan-small-image-backbone":
+    if meta.get("format") != BACKBONE_FORMAT:
         raise AttnGANError(f"{path} is not an image backbone made by `attngan train backbone`")
     return state, meta
 

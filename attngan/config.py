@@ -69,6 +69,8 @@ class TrainConfig:
     DETAIL_BACKBONE: str = ""  # GAN, synthetic birds: an attention-pooled backbone (`attngan train backbone --size
     DETAIL_LOSS: float = 0.0  # 128 --pool attention`); its own trunk and readable heads read the last stage's image
     # at the file's size against what the caption names, with this weight (parts too small for IMAGE_BACKBONE); 0: off
+    D_AUGMENT: str = ""  # GAN: DiffAugment of every image the discriminators see, e.g. 'translation,cutout'
+    # (trainer.augment); '': none, as the original
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

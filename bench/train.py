@@ -43,6 +43,8 @@ VARIANTS = {  # name: (config it varies, GAN overrides); its GAN rate is also pr
     "default64_plain": ("default64", ["GAN.WORD_ATTN_64=false"]),  # stage 1 without its word attention at 64 px
     # stage 1 without the backbones that read its birds back (what the part and detail losses cost)
     "default64_unread": ("default64", ["TRAIN.PART_LOSS=0", "TRAIN.DETAIL_LOSS=0"]),
+    # stage 1 with DiffAugment's shifts in front of every discriminator call (TRAIN.D_AUGMENT)
+    "default64_augment": ("default64", ["TRAIN.D_AUGMENT=translation"]),
 }
 DETAIL_SIZE = 128  # the recipe's detail backbone reads at 128 px (`attngan train backbone --size 128 --pool attention`)
 
@@ -152,6 +154,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         init_weights,
     )
     from trainer import losses
+    from trainer.augment import policy
     from trainer.backbone import PartHeads, PartReader
     from trainer.data.synth import ATTRIBUTE_VALUES
 
@@ -184,6 +187,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     if s.channels_last:
         reals = [r.contiguous(memory_format=torch.channels_last) for r in reals]
     g = cfg.TRAIN.SMOOTH
+    augment = policy(cfg.TRAIN.D_AUGMENT)
 
     def step() -> None:
         with torch.no_grad():
@@ -195,14 +199,14 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         for i, (d, opt) in enumerate(zip(netsD, optsD)):
             opt.zero_grad(set_to_none=True)
             with amp(device, s.bf16):
-                errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent)
+                errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, augment)
             errD.backward()
             opt.step()
         for d in netsD:
             d.requires_grad_(False)
         optG.zero_grad(set_to_none=True)
         with amp(device, s.bf16):
-            errG = losses.generator_adversarial_loss(netsD, fakes, sent)
+            errG = losses.generator_adversarial_loss(netsD, fakes, sent, augment)
             if reader is None:
                 regions, code = image(fakes[-1])
             else:  # as the trainer: every stage's image read by the trunk, the last pass serves DAMSM too
@@ -336,7 +340,8 @@ and backward); the peak is a large square matmul measured in the same run, the p
 `default64` is the default model's 64 px stage 1 (`trainer/cfg/default/gan_64.yml`), `default` its three-stage
 stage 2 (both with word attention at 64 px, `GAN.WORD_ATTN_64`, and the part and detail losses of their configs:
 the image backbone's part heads read every stage's image, the 128 px detail backbone the last one), `default64_plain`
-stage 1 without word attention, `default64_unread` without the part and detail losses. "G NCHW" is what the trainer does on CPU: the
+stage 1 without word attention, `default64_unread` without the part and detail losses, `default64_augment` with
+DiffAugment's shifts before every discriminator call (`TRAIN.D_AUGMENT=translation`). "G NCHW" is what the trainer does on CPU: the
 generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
 channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
 slower than either layout alone on CPU.

@@ -19,6 +19,7 @@ import torch
 from attngan.config import Config
 from attngan.errors import AttnGANError
 from trainer import losses
+from trainer.augment import policy as augment_policy
 from trainer.checkpoint import (
     CHECKPOINT_NAME,
     GracefulStop,
@@ -97,6 +98,7 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
               init_from: str | None = None) -> Path:
     """Train (or resume) AttnGAN; returns the output folder."""
     data = resolve_data_dir(cfg, data_dir)
+    augment_policy(cfg.TRAIN.D_AUGMENT)  # a bad policy is one line before any output is made
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
@@ -108,6 +110,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     from trainer.data import TextImageDataset
 
     cfg, info, device = run.cfg, run.info, run.device
+    d_augment = augment_policy(cfg.TRAIN.D_AUGMENT)
     ckpt_path, ckpt, seed = resume_checkpoint(run)
     if ckpt is not None and ckpt.get("kind") != "gan":
         raise AttnGANError(f"{ckpt_path} is a {ckpt.get('kind')} checkpoint; use another --output-dir for the GAN")
@@ -302,7 +305,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             for i, (d, opt) in enumerate(zip(netsD, optsD)):
                 opt.zero_grad(set_to_none=True)
                 with autocast(device, run.amp):
-                    errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent)
+                    errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, d_augment)
                 errD.backward()
                 average_gradients(d.parameters(), info)
                 opt.step()
@@ -312,7 +315,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 d.requires_grad_(False)  # G's step needs no discriminator weight gradients
             optG.zero_grad(set_to_none=True)
             with autocast(device, run.amp):
-                errG = losses.generator_adversarial_loss(netsD, fakes, sent)
+                errG = losses.generator_adversarial_loss(netsD, fakes, sent, d_augment)
                 if reader is None:
                     regions, code = image_encoder(fakes[-1])
                 else:  # the last stage's trunk pass serves both the DAMSM and the part loss

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.augment import Augment
+
 EPS = 1e-8  # the original's cosine epsilon
 
 
@@ -113,13 +115,18 @@ def _cond_head(netD):
     return getattr(netD, "module", netD).COND_DNET
 
 
-def discriminator_loss(netD, real: Tensor, fake: Tensor, sent_emb: Tensor) -> tuple[Tensor, dict[str, float]]:
+def discriminator_loss(netD, real: Tensor, fake: Tensor, sent_emb: Tensor, augment: Augment | None = None
+                       ) -> tuple[Tensor, dict[str, float]]:
     """One discriminator's loss: real/fake (conditional and unconditional) plus the mismatched pairs.
 
     "Wrong" pairs are made as the original does: real image k with sentence k+1 (shift by one).
+    `augment` (TRAIN.D_AUGMENT, trainer.augment) transforms real and fake images before D sees them.
     """
+    fake = fake.detach()
+    if augment is not None:
+        real, fake = augment(real), augment(fake)
     real_features = netD(real)
-    fake_features = netD(fake.detach())
+    fake_features = netD(fake)
     cond = _cond_head(netD)
     cond_real = _bce(cond(real_features, sent_emb), 1.0)
     cond_fake = _bce(cond(fake_features, sent_emb), 0.0)
@@ -137,11 +144,12 @@ def discriminator_loss(netD, real: Tensor, fake: Tensor, sent_emb: Tensor) -> tu
     return loss, parts
 
 
-def generator_adversarial_loss(netsD, fakes: list[Tensor], sent_emb: Tensor) -> Tensor:
-    """Sum over stages of the unconditional and conditional "fool D" terms."""
+def generator_adversarial_loss(netsD, fakes: list[Tensor], sent_emb: Tensor, augment: Augment | None = None
+                               ) -> Tensor:
+    """Sum over stages of the unconditional and conditional "fool D" terms (through `augment`, as D saw them)."""
     total = fakes[0].new_zeros((), dtype=torch.float32)
     for netD, fake in zip(netsD, fakes):
-        features = netD(fake)
+        features = netD(fake if augment is None else augment(fake))
         total = total + _bce(_cond_head(netD)(features, sent_emb), 1.0)
         uncond = _uncond_head(netD)
         if uncond is not None:

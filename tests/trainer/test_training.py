@@ -216,6 +216,8 @@ def test_bad_config_and_data_paths_give_one_line(tmp_path, birds):
         (["train", "damsm", "--cfg", DAMSM_CFG, "--set", "TRAIN.BATCH_SIZ=8"], "not a valid config key"),
         (["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), "--set", "TRAIN.NET_E=",
           "--output-dir", str(tmp_path / "o")], "TRAIN.NET_E is empty"),
+        (["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), "--set", "TRAIN.D_AUGMENT=translation,hue",
+          "--output-dir", str(tmp_path / "o")], "TRAIN.D_AUGMENT: unknown transform 'hue'"),
         (["export", "--run", str(tmp_path), "--out", str(tmp_path / "b")], "checkpoint.pt is missing"),
     ]
     for args, expected in cases:
@@ -258,12 +260,13 @@ def test_torchrun_two_processes_train_the_gan(birds, damsm_run, tmp_path):
 
 @pytest.mark.slow
 def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm_run, tmp_path):
-    """Extending a finished run (MAX_STEPS 6 -> 10) picks up inside the epoch where it stopped."""
+    """Extending a finished run (MAX_STEPS 6 -> 10) picks up inside the epoch where it stopped, with the
+    discriminators' random augmentation (TRAIN.D_AUGMENT) drawing the same numbers as the uninterrupted run."""
     from trainer.damsm import latest_encoders
 
     text, _ = latest_encoders(damsm_run)
     args = ["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), *sets(TINY_GAN),
-            *sets(["TRAIN.LOG_INTERVAL=1", f"TRAIN.NET_E={text}"])]
+            *sets(["TRAIN.LOG_INTERVAL=1", f"TRAIN.NET_E={text}", "TRAIN.D_AUGMENT=translation,cutout"])]
     full = _cli([*args, "--set", "TRAIN.MAX_STEPS=10", "--output-dir", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr[-2000:]
     out = tmp_path / "extended"

@@ -219,6 +219,14 @@ def render_markdown(m: dict[str, Any]) -> str:
         elif "skipped" in row:
             label = {"inception": "FID (Inception-v3)", "damsm": "DAMSM-FID"}.get(key, key)
             L.append(f"| {label} | skipped | | {row['skipped']} |")
+    dv = m.get("diversity")
+    if dv:
+        real = (f"real: {dv['real']:.1f} (up to {dv['seeds']} test images of one species, {dv['species']} species)"
+                if "real" in dv else "")
+        ratio = f"ratio **{dv['ratio']:.2f}**; " if dv.get("ratio") is not None else ""
+        L.append(f"| seed diversity (mean pairwise L1 of {dv['seeds']} seeds' {dv['size']} px birds, 0-255) | "
+                 f"{dv['generated']:.1f} | {real} | {ratio}{dv['captions']} captions; a mode-collapse check, not a "
+                 "quality score: far below 1, the generator draws one bird whatever its noise |")
     isc = m.get("inception_score")
     if isc and "mean" in isc:
         L.append(f"| Inception Score | {isc['mean']:.2f} ± {isc['std']:.2f} | | {isc['note']} |")

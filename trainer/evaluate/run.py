@@ -28,12 +28,14 @@ from attngan.errors import AttnGANError
 from attngan.pipeline import check_candidates, check_truncation
 from attngan.render import save_palette_png
 from attngan.text import pad_caption
-from trainer.evaluate import complexity, faithfulness, report
+from trainer.evaluate import complexity, diversity, faithfulness, report
 from trainer.evaluate.fid import FeatureStats, feature_stats, frechet_distance, inception_score
 from trainer.evaluate.rprecision import attribute_oracle_hits, fold_stats, r_precision_hits, sample_mismatched
 
 log = logging.getLogger(__name__)
 
+DIVERSITY_CAPTIONS = 100  # seed diversity: this many test captions ...
+DIVERSITY_SEEDS = 4  # ... drawn with this many seeds each (and this many real images of each test species)
 JUDGE_VALIDATION_RENDERS = 600  # fresh renders that decide which parts the judge can read
 MAX_UNKNOWN_WORD_RATE = 0.2  # more test-caption words than this missing from the bundle's vocabulary: wrong data set
 
@@ -275,6 +277,42 @@ def generation_pass(desc: str, items: list[tuple[int, int]], ts: TestSet, text_e
         bar.update(len(chunk))
     bar.close()
     return res
+
+
+@torch.no_grad()
+def seed_diversity(items: list[tuple[int, int]], ts: TestSet, text_encoder: nn.Module, generator: nn.Module,
+                   mc: Any, psi: float, seed: int, batch_size: int, device: torch.device, precision: str
+                   ) -> dict[str, Any]:
+    """trainer.evaluate.diversity for the first DIVERSITY_CAPTIONS items, DIVERSITY_SEEDS fresh draws each (at the
+    protocol's truncation, one draw per seed: best of N would pick among them) of the first stage, against up to
+    DIVERSITY_SEEDS real test images of each species that has two or more, at the size the first stage learns from."""
+    chosen = items[:DIVERSITY_CAPTIONS]
+    g = torch.Generator().manual_seed(seed + 1)  # not the protocol's draws, which the other metrics use
+    k = DIVERSITY_SEEDS
+    groups = []
+    for start in range(0, len(chosen), max(1, batch_size // k)):
+        chunk = chosen[start:start + max(1, batch_size // k)]
+        captions, lengths = encode_batch([ts.captions[i][j] for i, j in chunk], mc.words_num, device)
+        words, sent = text_encoder(captions, lengths.to(device))
+        mask = captions[:, : words.size(2)] == 0
+        words, sent, mask = (t.repeat_interleave(k, dim=0) for t in (words, sent, mask))
+        z = psi * torch.randn(len(chunk) * k, mc.z_dim, generator=g)
+        eps = psi * torch.randn(len(chunk) * k, mc.condition_dim, generator=g)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            first = generator(z.to(device), sent, words, mask, eps.to(device))[0][0]
+        small = diversity.at_size(first).cpu()
+        groups.append(small.view(len(chunk), k, *small.shape[1:]))
+    generated = diversity.mean_pairwise_l1(torch.cat(groups))
+    by_class: dict[int, list[int]] = {}
+    for i, c in enumerate(ts.dataset.class_ids):
+        by_class.setdefault(c, []).append(i)
+    species = [idx[:k] for idx in by_class.values() if len(idx) >= 2]
+    out: dict[str, Any] = {"generated": generated, "captions": len(chosen), "seeds": k, "size": diversity.SIZE}
+    if species:
+        real = [diversity.at_size(torch.stack([ts.dataset.images(i)[0] for i in idx])) for idx in species]
+        out.update(real=diversity.mean_pairwise_l1(real), species=len(species))
+        out["ratio"] = generated / out["real"] if out["real"] > 0 else None
+    return out
 
 
 @torch.no_grad()
@@ -650,6 +688,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         if opts.judge:
             metrics["faithfulness"]["judge_from"] = str(opts.judge)
 
+    metrics["diversity"] = seed_diversity(items, ts, text_encoder, generator, mc, psi, opts.seed, opts.batch_size,
+                                          device, opts.precision)
     metrics["quality_bars"] = quality_bars(metrics)
     metrics["complexity"] = measure_complexity(bundle, text_encoder, generator, image_encoder, opts.latency_runs)
 
@@ -683,6 +723,9 @@ def summary_line(m: dict[str, Any]) -> str:
         if isinstance(row, dict) and "value" in row:
             un = f" (untrained {row['untrained']:.1f})" if row.get("untrained") is not None else ""
             parts.append(f"{row['label']} {row['value']:.2f}{un}")
+    dv = m.get("diversity", {})
+    if dv.get("ratio") is not None:
+        parts.append(f"seed diversity {dv['ratio']:.2f} of real")
     f = m.get("faithfulness", {})
     if "generated" in f:
         parts.append(f"named attributes {100 * f['generated']['accuracy']:.1f}% "

@@ -54,6 +54,10 @@ def test_evaluate_writes_metrics_report_and_pictures(tmp_path, tiny_data, tiny_b
     assert f"fastest {lat['min_ms']:.0f} ms" in report and "load average" in report
     for png in ("samples.png", "training_curves.png"):
         assert (out / png).stat().st_size > 1000
+    dv = m["diversity"]  # 4 seeds of each of the 20 captions against 4 real birds of each test species
+    assert dv["captions"] == 20 and dv["seeds"] == 4 and dv["generated"] > 0 and dv["real"] > 0
+    assert dv["ratio"] == pytest.approx(dv["generated"] / dv["real"])
+    assert "seed diversity" in report and f"seed diversity {dv['ratio']:.2f} of real" in stdout
 
 
 def test_runs_that_ran_one_after_another_share_one_step_axis(tmp_path):
@@ -215,6 +219,7 @@ def test_truncation_reaches_the_generator_and_the_report(tmp_path, tiny_data, ti
     assert spreads[2] == 0 and spreads[1] == pytest.approx(spreads[0] / 2)  # the same draws, scaled
     m = json.loads((out / "metrics.json").read_text())
     assert m["protocol"]["truncation"] == 0.0
+    assert m["diversity"]["generated"] == 0.0  # no noise, one bird per caption: the collapse the check reports
     assert "noise truncated to 0 of its spread" in (out / "report.md").read_text()
     code, _, err = run_cli(capsys, "--bundle", str(tiny_bundle_dir), "--data", str(tiny_data), "--out", str(out),
                            "--truncation", "2")

@@ -17,6 +17,25 @@ from trainer.evaluate.fid import (
 from trainer.evaluate.rprecision import fold_stats, r_precision, sample_mismatched
 
 
+def test_seed_diversity_known_answers():
+    from trainer.evaluate.diversity import at_size, mean_pairwise_l1
+
+    same = torch.rand(3, 1, 3, 8, 8).expand(3, 4, 3, 8, 8)  # every seed the same image: collapse
+    assert mean_pairwise_l1(same) == 0.0
+    black_white = torch.stack([-torch.ones(3, 8, 8), torch.ones(3, 8, 8)])[None]  # the farthest two images can be
+    assert mean_pairwise_l1(black_white) == pytest.approx(255.0)
+    levels = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1, 1).expand(1, 3, 3, 4, 4)  # pairs 127.5, 255, 127.5
+    assert mean_pairwise_l1(levels) == pytest.approx(170.0)
+    two_groups = torch.cat([same[:1, :2], black_white])  # the mean over groups
+    assert mean_pairwise_l1(two_groups) == pytest.approx(127.5)
+    assert at_size(torch.ones(2, 3, 256, 256) * 2).shape == (2, 3, 64, 64)  # clamped to [-1, 1] and resized
+    assert at_size(torch.ones(2, 3, 256, 256) * 2).max() == 1.0
+    uneven = [black_white[0], levels[0]]  # groups of 2 and 3 images (species with fewer test images)
+    assert mean_pairwise_l1(uneven) == pytest.approx((255.0 + 170.0) / 2)
+    with pytest.raises(AttnGANError, match="at least 2 images"):
+        mean_pairwise_l1(torch.rand(5, 1, 3, 8, 8))
+
+
 def test_fid_identical_sets_is_zero():
     x = np.random.default_rng(0).normal(size=(500, 16))
     assert fid_from_features(x, x) == pytest.approx(0.0, abs=1e-6)

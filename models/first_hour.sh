@@ -12,10 +12,10 @@
 # recipe): with 3,000 training images it stops learning them by heart, and the hour's birds get firmer shapes
 # (legs 57% against 45%, named attributes 75.2% against 73.6%) for less variety between seeds (models/README.md).
 # `make first-hour` runs this; it needs the synthetic data of `make train-default` (data/default, seed 4).
-# Measured 2026-12-05 on a 2-core AMD EPYC with AVX512-BF16: backbone 5.6 min, DAMSM 14.1 min, GAN stage 1 40.3 min
-# to step 6,462 (2.67 steps/s): 75.2% named attributes (without D_AUGMENT: step 6,747, 73.6%; the full DAMSM's
-# hour on 2026-12-04, at the same machine speed: step 4,093, 63.6%). The machine's speed varies from day to day
-# (models/README.md, "The first hour").
+# Measured 2026-12-05 07:42 on a 2-core AMD EPYC with AVX512-BF16 (nothing else running): backbone 5.5 min, DAMSM 13.5 min,
+# GAN stage 1 41.0 min at 2.97 steps/s to step 7,299: 77.0% named attributes (the 03:34 hour without D_AUGMENT,
+# on a slower machine: step 6,747, 73.6%; the full DAMSM's hour on 2026-12-04: step 4,093, 63.6%). The machine's
+# speed varies from day to day (models/README.md, "The first hour").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

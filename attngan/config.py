@@ -71,6 +71,8 @@ class TrainConfig:
     # at the file's size against what the caption names, with this weight (parts too small for IMAGE_BACKBONE); 0: off
     D_AUGMENT: str = ""  # GAN: DiffAugment of every image the discriminators see, e.g. 'translation,cutout'
     # (trainer.augment); '': none, as the original
+    PATCH_D_LOSS: float = 0.0  # GAN: weight of G's term from a PatchGAN on the last stage's image (one logit per
+    # 70 px window; attngan.model.PatchDiscriminator, ours), trained beside the stages' Ds; 0: off, as the original
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

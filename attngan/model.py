@@ -514,6 +514,34 @@ class Discriminator256(_Discriminator):
         return self.img_code_s64_2(self.img_code_s64_1(x))
 
 
+class PatchDiscriminator(nn.Module):
+    """Ours (TRAIN.PATCH_D_LOSS): pix2pix's PatchGAN (Isola et al. 2017) on the last stage's image, unconditional.
+
+    One logit per overlapping 70 x 70 px window (30 x 30 of them at 256 px) instead of one per image: a head without
+    the eye that every real head has is judged on its own, where the stage's D sees it as a few values of one 4 x 4
+    code of the whole bird.
+    """
+
+    RECEPTIVE_FIELD = 70
+
+    def __init__(self, ndf: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, ndf, 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            down_block(ndf, ndf * 2),
+            down_block(ndf * 2, ndf * 4),
+            nn.Conv2d(ndf * 4, ndf * 8, 4, 1, 1, bias=False),
+            nn.BatchNorm2d(ndf * 8),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 8, 1, 4, 1, 1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images B x 3 x S x S -> logits B x 1 x (S/8 - 2) x (S/8 - 2), one per window."""
+        return self.net(images)
+
+
 DISCRIMINATORS: dict[int, type[_Discriminator]] = {64: Discriminator64, 128: Discriminator128, 256: Discriminator256}
 
 

@@ -125,7 +125,7 @@ else
     run backbone.log "$(encoders_left)" "${A[@]}" train backbone --out "$R/backbone.safetensors" --renders "$RENDERS" \
         --epochs 8 --size 128 --seed 50 --device "$DEVICE" \
     && run detail.log "$(encoders_left)" "${A[@]}" train backbone --out "$R/detail.safetensors" --renders "$DETAIL_RENDERS" \
-        --epochs 8 --size 128 --seed 51 --pool attention --device "$DEVICE" \
+        --epochs 12 --size 128 --seed 51 --pool attention --device "$DEVICE" \
     && step "backbones done at $(( $(date +%s) - train_start )) s" \
     && run damsm.log "$(encoders_left)" "${A[@]}" train damsm --cfg trainer/cfg/default/damsm.yml --data-dir "$DATA" \
         --output-dir "$R/DAMSM" --set "TRAIN.IMAGE_BACKBONE=$R/backbone.safetensors" --set "WORKERS=$WORKERS" --set "CUDA=$ON_GPU" \

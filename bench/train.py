@@ -45,6 +45,8 @@ VARIANTS = {  # name: (config it varies, GAN overrides); its GAN rate is also pr
     "default64_unread": ("default64", ["TRAIN.PART_LOSS=0", "TRAIN.DETAIL_LOSS=0"]),
     # stage 1 with DiffAugment's shifts in front of every discriminator call (TRAIN.D_AUGMENT)
     "default64_augment": ("default64", ["TRAIN.D_AUGMENT=translation"]),
+    # the three stages with a PatchGAN on the 256 px image beside the stages' Ds (TRAIN.PATCH_D_LOSS)
+    "default_patch": ("default", ["TRAIN.PATCH_D_LOSS=2"]),
 }
 DETAIL_SIZE = 128  # the recipe's detail backbone reads at 128 px (`attngan train backbone --size 128 --pool attention`)
 
@@ -149,6 +151,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         Generator,
         ImageEncoder,
         ModelConfig,
+        PatchDiscriminator,
         TextEncoder,
         build_discriminators,
         init_weights,
@@ -165,6 +168,8 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     netG = Generator(mc)
     netG.apply(init_weights)
     netsD = build_discriminators(mc)
+    if cfg.TRAIN.PATCH_D_LOSS:
+        netsD.append(PatchDiscriminator(2 * mc.df_dim))  # last: it reads the last stage's image
     for d in netsD:
         d.apply(init_weights)
     nets = [netG.to(device), *[d.to(device) for d in netsD]]
@@ -188,6 +193,8 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         reals = [r.contiguous(memory_format=torch.channels_last) for r in reals]
     g = cfg.TRAIN.SMOOTH
     augment = policy(cfg.TRAIN.D_AUGMENT)
+    stage_ds = netsD[: len(mc.image_sizes)]
+    patch = netsD[-1] if cfg.TRAIN.PATCH_D_LOSS else None
 
     def step() -> None:
         with torch.no_grad():
@@ -199,14 +206,19 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         for i, (d, opt) in enumerate(zip(netsD, optsD)):
             opt.zero_grad(set_to_none=True)
             with amp(device, s.bf16):
-                errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, augment)
+                if d is patch:
+                    errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], augment)
+                else:
+                    errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, augment)
             errD.backward()
             opt.step()
         for d in netsD:
             d.requires_grad_(False)
         optG.zero_grad(set_to_none=True)
         with amp(device, s.bf16):
-            errG = losses.generator_adversarial_loss(netsD, fakes, sent, augment)
+            errG = losses.generator_adversarial_loss(stage_ds, fakes, sent, augment)
+            if patch is not None:
+                errG = errG + losses.patch_generator_loss(patch, fakes[-1], augment) * cfg.TRAIN.PATCH_D_LOSS
             if reader is None:
                 regions, code = image(fakes[-1])
             else:  # as the trainer: every stage's image read by the trunk, the last pass serves DAMSM too
@@ -341,7 +353,8 @@ and backward); the peak is a large square matmul measured in the same run, the p
 stage 2 (both with word attention at 64 px, `GAN.WORD_ATTN_64`, and the part and detail losses of their configs:
 the image backbone's part heads read every stage's image, the 128 px detail backbone the last one), `default64_plain`
 stage 1 without word attention, `default64_unread` without the part and detail losses, `default64_augment` with
-DiffAugment's shifts before every discriminator call (`TRAIN.D_AUGMENT=translation`). "G NCHW" is what the trainer does on CPU: the
+DiffAugment's shifts before every discriminator call (`TRAIN.D_AUGMENT=translation`), `default_patch` the
+three stages with a PatchGAN on the 256 px image beside the stages' Ds (`TRAIN.PATCH_D_LOSS=2`). "G NCHW" is what the trainer does on CPU: the
 generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
 channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
 slower than either layout alone on CPU.

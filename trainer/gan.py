@@ -99,6 +99,7 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     """Train (or resume) AttnGAN; returns the output folder."""
     data = resolve_data_dir(cfg, data_dir)
     augment_policy(cfg.TRAIN.D_AUGMENT)  # a bad policy is one line before any output is made
+    _loss_weight(cfg, "PATCH_D_LOSS")
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
@@ -106,7 +107,7 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
 
 def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> Path:
     from attngan.bundle import load_bundle
-    from attngan.model import Generator, ModelConfig, build_discriminators, init_weights
+    from attngan.model import Generator, ModelConfig, PatchDiscriminator, build_discriminators, init_weights
     from trainer.data import TextImageDataset
 
     cfg, info, device = run.cfg, run.info, run.device
@@ -167,7 +168,10 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     netG = Generator(mc)
     netG.apply(init_weights)
     netsD = build_discriminators(mc)
-    for d in netsD:
+    patch_weight = _loss_weight(cfg, "PATCH_D_LOSS")
+    patchD = PatchDiscriminator(2 * mc.df_dim) if patch_weight > 0 else None
+    every_d = [*netsD, *([patchD] if patchD is not None else [])]
+    for d in every_d:
         d.apply(init_weights)
     start_epoch, step, skip = 0, 0, 0
     if init_bundle is not None:
@@ -199,13 +203,13 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         log.info("resuming the original way from %s (epoch %d)", net_g, start_epoch)
 
     readers = [r for r in (reader, detail) if r is not None]
-    for net in [text_encoder, image_encoder, netG, *netsD, *readers]:
+    for net in [text_encoder, image_encoder, netG, *every_d, *readers]:
         net.to(device)
     if cfg.TRAIN.CHANNELS_LAST:
         # not the generator on CPU: there its BatchNorms get NCHW gradients from F.glu for channels-last inputs, a
         # mixed-format backward ~8x slower than either format alone (GAN steps 1.16-1.44x faster without; bench/train.py)
         generator = [netG] if device.type != "cpu" else []
-        for net in [image_encoder, *generator, *netsD, *([detail] if detail is not None else [])]:
+        for net in [image_encoder, *generator, *every_d, *([detail] if detail is not None else [])]:
             net.to(memory_format=torch.channels_last)
     for net in [text_encoder, image_encoder, *readers]:
         net.eval().requires_grad_(False)
@@ -216,17 +220,20 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     optG = torch.optim.Adam([p for p in netG.parameters() if p.requires_grad], lr=cfg.TRAIN.GENERATOR_LR,
                             betas=(0.5, 0.999), foreach=True)
     optsD = [torch.optim.Adam(d.parameters(), lr=cfg.TRAIN.DISCRIMINATOR_LR, betas=(0.5, 0.999), foreach=True)
-             for d in netsD]
+             for d in every_d]
     if ckpt is not None:
+        if len(ckpt["netsD"]) != len(every_d):
+            raise AttnGANError(f"{ckpt_path} was trained with {len(ckpt['netsD'])} discriminators, this config has "
+                               f"{len(every_d)} (TRAIN.PATCH_D_LOSS adds one): resume with the run's own config")
         netG.load_state_dict(ckpt["netG"])
-        for d, s in zip(netsD, ckpt["netsD"]):
+        for d, s in zip(every_d, ckpt["netsD"]):
             d.load_state_dict(s)
         optG.load_state_dict(ckpt["optG"])
         for o, s in zip(optsD, ckpt["optsD"]):
             o.load_state_dict(s)
         start_epoch, step, skip = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["step_in_epoch"])
     else:
-        for net in [netG, *netsD]:
+        for net in [netG, *every_d]:
             broadcast_module(net, info)
     ema = {n: p.detach().clone() for n, p in netG.named_parameters()}
     if ckpt is not None:
@@ -253,7 +260,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         states = gather_rng_states(info)
         if info.is_main:
             atomic_save({"kind": "gan", "seed": seed, "epoch": epoch, "step": step, "step_in_epoch": in_epoch,
-                         "netG": netG.state_dict(), "netsD": [d.state_dict() for d in netsD],
+                         "netG": netG.state_dict(), "netsD": [d.state_dict() for d in every_d],
                          "optG": optG.state_dict(), "optsD": [o.state_dict() for o in optsD],
                          "ema": ema, "rng": states, "vocab": vocab.to_dict(), "config": cfg.to_dict(),
                          "model_config": mc.to_dict(),
@@ -272,7 +279,9 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             atomic_save(ema_state(netG, ema), run.model_dir / f"netG_epoch_{epoch}.pth")
             for i, d in enumerate(netsD):
                 atomic_save(d.state_dict(), run.model_dir / f"netD{i}.pth")
-            log.info("saved Model/netG_epoch_%d.pth (EMA) and %d discriminators", epoch, len(netsD))
+            if patchD is not None:
+                atomic_save(patchD.state_dict(), run.model_dir / "netD_patch.pth")
+            log.info("saved Model/netG_epoch_%d.pth (EMA) and %d discriminators", epoch, len(every_d))
         barrier(info)
 
     stopped = False
@@ -284,7 +293,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         netG.train()
         for module in frozen:
             module.eval()  # frozen stages keep their BatchNorm statistics too
-        for d in netsD:
+        for d in every_d:
             d.train()
         for batch in loader:
             batch = batch.to(device)
@@ -310,12 +319,23 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 average_gradients(d.parameters(), info)
                 opt.step()
                 values[f"errD{i}"] = errD.item()
+            if patchD is not None:
+                opt = optsD[-1]
+                opt.zero_grad(set_to_none=True)
+                with autocast(device, run.amp):
+                    errD = losses.patch_discriminator_loss(patchD, reals[-1], fakes[-1], d_augment)
+                errD.backward()
+                average_gradients(patchD.parameters(), info)
+                opt.step()
+                values["errD_patch"] = errD.item()
 
-            for d in netsD:
+            for d in every_d:
                 d.requires_grad_(False)  # G's step needs no discriminator weight gradients
             optG.zero_grad(set_to_none=True)
             with autocast(device, run.amp):
                 errG = losses.generator_adversarial_loss(netsD, fakes, sent, d_augment)
+                if patchD is not None:
+                    errG_patch = losses.patch_generator_loss(patchD, fakes[-1], d_augment) * patch_weight
                 if reader is None:
                     regions, code = image_encoder(fakes[-1])
                 else:  # the last stage's trunk pass serves both the DAMSM and the part loss
@@ -333,6 +353,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             total_g = errG + w_loss + s_loss + kl
             if reader is not None:
                 total_g = total_g + p_loss
+            if patchD is not None:
+                total_g = total_g + errG_patch
             if detail is not None:
                 with autocast(device, run.amp):
                     d_loss = losses.part_loss(detail(fakes[-1]), batch.parts[:, detail_cols]) * cfg.TRAIN.DETAIL_LOSS
@@ -340,7 +362,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             total_g.backward()
             average_gradients(netG.parameters(), info)
             optG.step()
-            for d in netsD:
+            for d in every_d:
                 d.requires_grad_(True)
             with torch.no_grad():  # avg = decay * avg + (1 - decay) * p, for all parameters at once
                 torch._foreach_mul_(ema_avg, decay)
@@ -353,6 +375,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 values["p_loss"] = p_loss.item()
             if detail is not None:
                 values["d_loss"] = d_loss.item()
+            if patchD is not None:
+                values["errG_patch"] = errG_patch.item()
             if not math.isfinite(sum(values.values())):
                 raise AttnGANError(f"GAN loss is not finite at step {step}: {values}; lower the learning rates")
             log_step(run, progress, step, values, "gan/train")

@@ -157,6 +157,19 @@ def generator_adversarial_loss(netsD, fakes: list[Tensor], sent_emb: Tensor, aug
     return total
 
 
+def patch_discriminator_loss(netD, real: Tensor, fake: Tensor, augment: Augment | None = None) -> Tensor:
+    """TRAIN.PATCH_D_LOSS: every window of a real image is real, every window of a fake one fake (pix2pix's loss)."""
+    fake = fake.detach()
+    if augment is not None:
+        real, fake = augment(real), augment(fake)
+    return (_bce(netD(real), 1.0) + _bce(netD(fake), 0.0)) / 2.0
+
+
+def patch_generator_loss(netD, fake: Tensor, augment: Augment | None = None) -> Tensor:
+    """G's side of TRAIN.PATCH_D_LOSS: every window of the fake image should pass as real."""
+    return _bce(netD(fake if augment is None else augment(fake)), 1.0)
+
+
 def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, sigma) || N(0, 1)) of the conditioning augmentation, as an element-wise mean (the original)."""
     mu = mu.float()

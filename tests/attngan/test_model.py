@@ -17,6 +17,7 @@ from attngan.model import (
     GlobalAttentionGeneral,
     ImageEncoder,
     ModelConfig,
+    PatchDiscriminator,
     TextEncoder,
     build_discriminators,
     count_parameters,
@@ -187,6 +188,25 @@ def test_discriminators_return_logits_per_image():
         cond, uncond = d.COND_DNET(features, sent), d.UNCOND_DNET(features)
         assert tuple(cond.shape) == tuple(uncond.shape) == (2,)
         assert (cond.abs() > 0).all()
+
+
+def test_patch_discriminator_judges_each_70px_window_on_its_own():
+    """One logit per window (30 x 30 at 256 px); a pixel changed in one corner moves only the windows that hold it."""
+    torch.manual_seed(0)
+    d = PatchDiscriminator(8).eval()
+    images = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        before = d(images)
+        images[:, :, 0, 0] = -images[:, :, 0, 0] + 0.5
+        after = d(images)
+    assert tuple(before.shape) == (1, 1, 30, 30)
+    moved = (before - after).abs()[0, 0] > 0
+    rows, cols = moved.nonzero(as_tuple=True)
+    assert moved[0, 0] and moved.sum() < 30 * 30
+    # window (r, c) reads pixels from 8r - 27 to 8r + 42: only the first few hold pixel (0, 0)
+    field = PatchDiscriminator.RECEPTIVE_FIELD
+    assert int(rows.max()) * 8 - 27 <= 0 and int(cols.max()) * 8 - 27 <= 0 and field == 70
+    assert tuple(d(torch.zeros(2, 3, 64, 64)).shape) == (2, 1, 6, 6)
 
 
 def test_small_image_encoder_works_at_native_sizes():

@@ -140,3 +140,24 @@ def test_bce_with_logits_is_stable_for_confident_discriminators():
         d.UNCOND_DNET.bias.fill_(-200.0)  # sigmoid saturates to exactly 0.0 in float32
     loss = losses.generator_adversarial_loss([d], [torch.randn(2, 4)], torch.randn(2, 2))
     assert math.isfinite(loss.item()) and loss.item() > 100  # BCELoss would clamp at log(1e-12)
+
+
+def test_patch_losses_are_the_mean_bce_over_every_window():
+    """A PatchGAN's logit maps (TRAIN.PATCH_D_LOSS): at logits of 0 both losses are ln 2; D's fakes are detached."""
+    d = nn.Conv2d(3, 1, 4, 2, 1)
+    with torch.no_grad():
+        d.weight.zero_()
+        d.bias.zero_()
+    real, fake = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16, requires_grad=True)
+    loss_d = losses.patch_discriminator_loss(d, real, fake)
+    assert loss_d.item() == pytest.approx(math.log(2), abs=1e-6)
+    loss_d.backward()
+    assert fake.grad is None
+    with torch.no_grad():
+        d.bias.fill_(2.0)  # every window says "real": G's loss is small, D's fake term large
+    loss_g = losses.patch_generator_loss(d, fake)
+    assert loss_g.item() == pytest.approx(F.softplus(torch.tensor(-2.0)).item(), abs=1e-6)
+    with torch.no_grad():
+        d.weight.fill_(0.01)
+    losses.patch_generator_loss(d, fake).backward()
+    assert fake.grad.abs().sum() > 0  # G learns through D

@@ -37,7 +37,7 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
           # a 64-render backbone reads no part well enough for the part or detail loss (test_backbone.py has them)
           "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16,TRAIN.PART_LOSS=0,"
                      "TRAIN.DETAIL_LOSS=0",
-          "backbone_renders": "64", "backbone_epochs": "1"}
+          "backbone_renders": "64", "backbone_epochs": "1", "detail_backbone_epochs": "2"}
     env = _opt_ml(tmp_path, birds, hp)
     res = subprocess.run([PYTHON, "-m", "trainer.sagemaker"], check=False, env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=400)
@@ -59,6 +59,8 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     assert all(f"TRAIN.DETAIL_BACKBONE={detail}" in c for c in gan_commands) and "--init-from" in gan_commands[3]
     detail_command = next(line for line in res.stderr.splitlines() if "detail backbone: " in line)
     assert "--pool attention" in detail_command and "--size 128" in detail_command and "--seed 51" in detail_command
+    assert "--epochs 2" in detail_command  # detail_backbone_epochs; the image backbone's are backbone_epochs
+    assert "--epochs 1" in next(line for line in res.stderr.splitlines() if "image backbone: " in line)
     assert detail.is_file()
     assert (tmp_path / "checkpoints" / "gan_detail" / "checkpoint.pt").is_file()  # the bundle's run
     from safetensors.torch import load_file

@@ -218,6 +218,8 @@ def test_bad_config_and_data_paths_give_one_line(tmp_path, birds):
           "--output-dir", str(tmp_path / "o")], "TRAIN.NET_E is empty"),
         (["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), "--set", "TRAIN.D_AUGMENT=translation,hue",
           "--output-dir", str(tmp_path / "o")], "TRAIN.D_AUGMENT: unknown transform 'hue'"),
+        (["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), "--set", "TRAIN.PATCH_D_LOSS=-1",
+          "--output-dir", str(tmp_path / "o")], "TRAIN.PATCH_D_LOSS must be 0 (off) or positive"),
         (["export", "--run", str(tmp_path), "--out", str(tmp_path / "b")], "checkpoint.pt is missing"),
     ]
     for args, expected in cases:
@@ -261,12 +263,14 @@ def test_torchrun_two_processes_train_the_gan(birds, damsm_run, tmp_path):
 @pytest.mark.slow
 def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm_run, tmp_path):
     """Extending a finished run (MAX_STEPS 6 -> 10) picks up inside the epoch where it stopped, with the
-    discriminators' random augmentation (TRAIN.D_AUGMENT) drawing the same numbers as the uninterrupted run."""
+    discriminators' random augmentation (TRAIN.D_AUGMENT) drawing the same numbers as the uninterrupted run, and
+    the PatchGAN (TRAIN.PATCH_D_LOSS) and its optimizer carried in the checkpoint."""
     from trainer.damsm import latest_encoders
 
     text, _ = latest_encoders(damsm_run)
     args = ["train", "gan", "--cfg", GAN_CFG, "--data-dir", str(birds), *sets(TINY_GAN),
-            *sets(["TRAIN.LOG_INTERVAL=1", f"TRAIN.NET_E={text}", "TRAIN.D_AUGMENT=translation,cutout"])]
+            *sets(["TRAIN.LOG_INTERVAL=1", f"TRAIN.NET_E={text}", "TRAIN.D_AUGMENT=translation,cutout",
+                   "TRAIN.PATCH_D_LOSS=1"])]
     full = _cli([*args, "--set", "TRAIN.MAX_STEPS=10", "--output-dir", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr[-2000:]
     out = tmp_path / "extended"
@@ -281,6 +285,12 @@ def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm
     assert a["step"] == b["step"] == 10
     for name in a["ema"]:
         assert torch.equal(a["ema"][name], b["ema"][name]), name
+    assert len(a["netsD"]) == 2  # the 64 px stage's D and the PatchGAN
+    assert all(torch.equal(a["netsD"][-1][k], b["netsD"][-1][k]) for k in a["netsD"][-1])
+    assert (out / "Model" / "netD_patch.pth").is_file()
+    assert _metrics(out, "gan/train")[-1]["errD_patch"] > 0
+    without = _cli([*args, "--set", "TRAIN.MAX_STEPS=12", "--set", "TRAIN.PATCH_D_LOSS=0", "--output-dir", str(out)])
+    assert without.returncode == 1 and "TRAIN.PATCH_D_LOSS adds one" in without.stderr.strip().splitlines()[-1]
     # a run whose last step is an epoch's last (8 = 2 epochs of 4) records the next epoch, as a natural end does
     boundary = tmp_path / "boundary"
     first = _cli([*args, "--set", "TRAIN.MAX_STEPS=8", "--output-dir", str(boundary)])

@@ -311,23 +311,17 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             reals = batch.images[-len(fakes):] if mc.dcgan else batch.images[: len(fakes)]
 
             values: dict[str, float] = {}
-            for i, (d, opt) in enumerate(zip(netsD, optsD)):
+            for i, (d, opt) in enumerate(zip(every_d, optsD)):
                 opt.zero_grad(set_to_none=True)
                 with autocast(device, run.amp):
-                    errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, d_augment)
+                    if d is patchD:  # last, on the last stage's images
+                        errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], d_augment)
+                    else:
+                        errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, d_augment)
                 errD.backward()
                 average_gradients(d.parameters(), info)
                 opt.step()
-                values[f"errD{i}"] = errD.item()
-            if patchD is not None:
-                opt = optsD[-1]
-                opt.zero_grad(set_to_none=True)
-                with autocast(device, run.amp):
-                    errD = losses.patch_discriminator_loss(patchD, reals[-1], fakes[-1], d_augment)
-                errD.backward()
-                average_gradients(patchD.parameters(), info)
-                opt.step()
-                values["errD_patch"] = errD.item()
+                values["errD_patch" if d is patchD else f"errD{i}"] = errD.item()
 
             for d in every_d:
                 d.requires_grad_(False)  # G's step needs no discriminator weight gradients

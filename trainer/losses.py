@@ -115,6 +115,10 @@ def _cond_head(netD):
     return getattr(netD, "module", netD).COND_DNET
 
 
+def _augmented(images: Tensor, augment: Augment | None) -> Tensor:
+    return images if augment is None else augment(images)
+
+
 def discriminator_loss(netD, real: Tensor, fake: Tensor, sent_emb: Tensor, augment: Augment | None = None
                        ) -> tuple[Tensor, dict[str, float]]:
     """One discriminator's loss: real/fake (conditional and unconditional) plus the mismatched pairs.
@@ -122,11 +126,8 @@ def discriminator_loss(netD, real: Tensor, fake: Tensor, sent_emb: Tensor, augme
     "Wrong" pairs are made as the original does: real image k with sentence k+1 (shift by one).
     `augment` (TRAIN.D_AUGMENT, trainer.augment) transforms real and fake images before D sees them.
     """
-    fake = fake.detach()
-    if augment is not None:
-        real, fake = augment(real), augment(fake)
-    real_features = netD(real)
-    fake_features = netD(fake)
+    real_features = netD(_augmented(real, augment))
+    fake_features = netD(_augmented(fake.detach(), augment))
     cond = _cond_head(netD)
     cond_real = _bce(cond(real_features, sent_emb), 1.0)
     cond_fake = _bce(cond(fake_features, sent_emb), 0.0)
@@ -149,7 +150,7 @@ def generator_adversarial_loss(netsD, fakes: list[Tensor], sent_emb: Tensor, aug
     """Sum over stages of the unconditional and conditional "fool D" terms (through `augment`, as D saw them)."""
     total = fakes[0].new_zeros((), dtype=torch.float32)
     for netD, fake in zip(netsD, fakes):
-        features = netD(fake if augment is None else augment(fake))
+        features = netD(_augmented(fake, augment))
         total = total + _bce(_cond_head(netD)(features, sent_emb), 1.0)
         uncond = _uncond_head(netD)
         if uncond is not None:
@@ -159,15 +160,12 @@ def generator_adversarial_loss(netsD, fakes: list[Tensor], sent_emb: Tensor, aug
 
 def patch_discriminator_loss(netD, real: Tensor, fake: Tensor, augment: Augment | None = None) -> Tensor:
     """TRAIN.PATCH_D_LOSS: every window of a real image is real, every window of a fake one fake (pix2pix's loss)."""
-    fake = fake.detach()
-    if augment is not None:
-        real, fake = augment(real), augment(fake)
-    return (_bce(netD(real), 1.0) + _bce(netD(fake), 0.0)) / 2.0
+    return (_bce(netD(_augmented(real, augment)), 1.0) + _bce(netD(_augmented(fake.detach(), augment)), 0.0)) / 2.0
 
 
 def patch_generator_loss(netD, fake: Tensor, augment: Augment | None = None) -> Tensor:
     """G's side of TRAIN.PATCH_D_LOSS: every window of the fake image should pass as real."""
-    return _bce(netD(fake if augment is None else augment(fake)), 1.0)
+    return _bce(netD(_augmented(fake, augment)), 1.0)
 
 
 def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:

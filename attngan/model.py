@@ -519,7 +519,8 @@ class PatchDiscriminator(nn.Module):
 
     One logit per overlapping 70 x 70 px window (30 x 30 of them at 256 px) instead of one per image: a head without
     the eye that every real head has is judged on its own, where the stage's D sees it as a few values of one 4 x 4
-    code of the whole bird.
+    code of the whole bird. TRAIN.HEAD_D_LOSS trains a second one on crops of the head alone (6 x 6 windows per
+    64 px crop).
     """
 
     RECEPTIVE_FIELD = 70

@@ -9,6 +9,8 @@ colour is drawn. A reader's verdict is not a picture: --sheet writes the 256 px 
         --backbone output/default_detail_backbone.safetensors --seeds 32 --sheet /tmp/challenge_seeds.png
 
 `--truth crown=yellow,eyering=black` puts above them 8 birds the data set's renderer draws with those parts.
+`--heads PNG` (with --backbone) writes each bird's head as the head stage's discriminator sees it
+(TRAIN.HEAD_D_LOSS: the quarter-side crop around where the reader looks for the eye ring), enlarged 2x.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from PIL import Image
 
 def main() -> None:
     from attngan.pipeline import TextToImage
-    from attngan.render import save_palette_png
+    from attngan.render import save_palette_png, to_pil
     from trainer.backbone import load_detail_reader
     from trainer.data.synth import ATTRIBUTE_VALUES
     from trainer.data.transforms import to_tensor
@@ -36,12 +38,16 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=100)
     ap.add_argument("--parts", default="", help="comma-separated parts to read besides those the caption names")
     ap.add_argument("--sheet", help="write the birds as one PNG, 8 per row, in seed order")
+    ap.add_argument("--heads", metavar="PNG", help="with --backbone: write the birds' heads (and the --truth birds') "
+                                                   "as TRAIN.HEAD_D_LOSS crops them, enlarged 2x, 8 per row")
     ap.add_argument("--truth", default="", metavar="PART=VALUE,...",
                     help="the sheet's first row: 8 birds drawn by the data set's own renderer with these parts "
                          "(the rest of each a random species'): what the caption asks for, to compare with")
     args = ap.parse_args()
     if not args.backbone and not args.sheet:
         ap.error("give --backbone (to read the birds), --sheet (to look at them), or both")
+    if args.heads and not args.backbone:
+        ap.error("--heads finds each head with the reader: give --backbone too")
     truth_parts = dict(kv.partition("=")[::2] for kv in args.truth.split(",") if kv)
     for part, value in truth_parts.items():
         if value not in ATTRIBUTE_VALUES.get(part, ()):
@@ -65,14 +71,28 @@ def main() -> None:
             print(f"  {part:12s} {counts}")
             for colour in dict.fromkeys(read_as):  # which seeds to look at for each verdict
                 print(f"  {'':12s} {colour}: seeds {[s for s, c in zip(seeds, read_as) if c == colour]}")
+    truth = rendered(truth_parts, birds[0].size[0], args.first_seed) if truth_parts else []
     if args.sheet:
-        truth = rendered(truth_parts, birds[0].size[0], args.first_seed) if truth_parts else []
-        w, h = birds[0].size
-        sheet = Image.new("RGB", (8 * w, -(-len(truth + birds) // 8) * h), "white")
-        for i, bird in enumerate(truth + birds):
-            sheet.paste(bird, ((i % 8) * w, (i // 8) * h))
-        save_palette_png(sheet, args.sheet)
+        save_palette_png(sheet_of(truth + birds), args.sheet)
         print(f"wrote {args.sheet}")
+    if args.heads:
+        from trainer.gan import HEAD_PART, head_crop_size
+        from trainer.losses import crop_around
+
+        images = torch.stack([to_tensor(b) for b in truth + birds])
+        crops = crop_around(images, reader.attention_centres(images, HEAD_PART), head_crop_size(images.shape[-1]))
+        heads = [to_pil(c).resize((2 * c.shape[-1],) * 2, Image.LANCZOS) for c in crops]
+        save_palette_png(sheet_of(heads), args.heads)
+        print(f"wrote {args.heads}")
+
+
+def sheet_of(images: list[Image.Image]) -> Image.Image:
+    """The images in rows of 8, in order."""
+    w, h = images[0].size
+    sheet = Image.new("RGB", (8 * w, -(-len(images) // 8) * h), "white")
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % 8) * w, (i // 8) * h))
+    return sheet
 
 
 def rendered(parts: dict[str, str], size: int, seed: int, n: int = 8) -> list[Image.Image]:

@@ -74,6 +74,23 @@ class PartHeads(nn.Module):
         pooled = torch.bmm(where, x.flatten(2).transpose(1, 2))  # B x P x C
         return {p: head(pooled[:, i]) for i, (p, head) in enumerate(self.heads.items())}
 
+    def require_attention(self, part: str) -> None:
+        if self.pool != "attention" or part not in self.parts:
+            raise AttnGANError(f"the detail reader has no attention for {part!r}: that takes an attention-pooled backbone "
+                               f"(`attngan train backbone --pool attention`) whose {part} head is kept (right on at "
+                               f"least {READER_MIN_ACCURACY:.0%} of held-out renders)")
+
+    def attention_centres(self, images: torch.Tensor, part: str) -> torch.Tensor:
+        """Where this detail reader looks for `part` in each image: the centre of mass of the part's spatial
+        attention, B x 2 (x, y) in the images' own pixels. TRAIN.HEAD_D_LOSS crops the head around the eye ring's."""
+        self.require_attention(part)
+        x = self.encoder.trunk(self.encoder.resize(images))
+        h, w = x.shape[2:]
+        where = self.where(x)[:, list(self.parts).index(part)].flatten(1).float().softmax(-1).view(-1, h, w)
+        ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5) * (images.shape[2] / h)
+        xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) * (images.shape[3] / w)
+        return torch.stack([(where.sum(1) * xs).sum(1), (where.sum(2) * ys).sum(1)], dim=1)
+
 
 def trunk_state(encoder: ImageEncoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in encoder.state_dict().items()

@@ -45,6 +45,7 @@ from trainer.runtime import (
 )
 
 log = logging.getLogger("trainer")
+HEAD_PART = "eyering"  # TRAIN.HEAD_D_LOSS crops around where the detail reader looks for it
 
 
 def ema_state(generator: torch.nn.Module, ema: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,6 +101,9 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     data = resolve_data_dir(cfg, data_dir)
     augment_policy(cfg.TRAIN.D_AUGMENT)  # a bad policy is one line before any output is made
     _loss_weight(cfg, "PATCH_D_LOSS")
+    if _loss_weight(cfg, "HEAD_D_LOSS") > 0 and not _loss_weight(cfg, "DETAIL_LOSS"):
+        raise AttnGANError("TRAIN.HEAD_D_LOSS crops the head where the detail reader looks for the eye ring: set "
+                           "TRAIN.DETAIL_LOSS and TRAIN.DETAIL_BACKBONE (an attention-pooled backbone) too")
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
@@ -170,7 +174,11 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     netsD = build_discriminators(mc)
     patch_weight = _loss_weight(cfg, "PATCH_D_LOSS")
     patchD = PatchDiscriminator(2 * mc.df_dim) if patch_weight > 0 else None
-    every_d = [*netsD, *([patchD] if patchD is not None else [])]
+    head_weight = _loss_weight(cfg, "HEAD_D_LOSS")
+    if head_weight > 0:
+        detail.require_attention(HEAD_PART)
+    headD = PatchDiscriminator(2 * mc.df_dim) if head_weight > 0 else None
+    every_d = [*netsD, *(d for d in (patchD, headD) if d is not None)]
     for d in every_d:
         d.apply(init_weights)
     start_epoch, step, skip = 0, 0, 0
@@ -224,7 +232,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     if ckpt is not None:
         if len(ckpt["netsD"]) != len(every_d):
             raise AttnGANError(f"{ckpt_path} was trained with {len(ckpt['netsD'])} discriminators, this config has "
-                               f"{len(every_d)} (TRAIN.PATCH_D_LOSS adds one): resume with the run's own config")
+                               f"{len(every_d)} (TRAIN.PATCH_D_LOSS and TRAIN.HEAD_D_LOSS add one each): resume with the run's own config")
         netG.load_state_dict(ckpt["netG"])
         for d, s in zip(every_d, ckpt["netsD"]):
             d.load_state_dict(s)
@@ -281,6 +289,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 atomic_save(d.state_dict(), run.model_dir / f"netD{i}.pth")
             if patchD is not None:
                 atomic_save(patchD.state_dict(), run.model_dir / "netD_patch.pth")
+            if headD is not None:
+                atomic_save(headD.state_dict(), run.model_dir / "netD_head.pth")
             log.info("saved Model/netG_epoch_%d.pth (EMA) and %d discriminators", epoch, len(every_d))
         barrier(info)
 
@@ -310,18 +320,27 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 fakes, _, mu, logvar = netG(noise, sent, words, mask)
             reals = batch.images[-len(fakes):] if mc.dcgan else batch.images[: len(fakes)]
 
+            if headD is not None:  # the heads, where the detail reader looks for the eye ring in each image
+                crop = head_crop_size(reals[-1].shape[-1])
+                with torch.no_grad(), autocast(device, run.amp):
+                    real_heads = losses.crop_around(reals[-1], detail.attention_centres(reals[-1], HEAD_PART), crop)
+                    fake_centres = detail.attention_centres(fakes[-1].detach(), HEAD_PART)
+                fake_heads = losses.crop_around(fakes[-1], fake_centres, crop)
+
             values: dict[str, float] = {}
             for i, (d, opt) in enumerate(zip(every_d, optsD)):
                 opt.zero_grad(set_to_none=True)
                 with autocast(device, run.amp):
                     if d is patchD:  # last, on the last stage's images
                         errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], d_augment)
+                    elif d is headD:
+                        errD = losses.patch_discriminator_loss(d, real_heads, fake_heads, d_augment)
                     else:
                         errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, d_augment)
                 errD.backward()
                 average_gradients(d.parameters(), info)
                 opt.step()
-                values["errD_patch" if d is patchD else f"errD{i}"] = errD.item()
+                values["errD_patch" if d is patchD else "errD_head" if d is headD else f"errD{i}"] = errD.item()
 
             for d in every_d:
                 d.requires_grad_(False)  # G's step needs no discriminator weight gradients
@@ -330,6 +349,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 errG = losses.generator_adversarial_loss(netsD, fakes, sent, d_augment)
                 if patchD is not None:
                     errG_patch = losses.patch_generator_loss(patchD, fakes[-1], d_augment) * patch_weight
+                if headD is not None:
+                    errG_head = losses.patch_generator_loss(headD, fake_heads, d_augment) * head_weight
                 if reader is None:
                     regions, code = image_encoder(fakes[-1])
                 else:  # the last stage's trunk pass serves both the DAMSM and the part loss
@@ -349,6 +370,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 total_g = total_g + p_loss
             if patchD is not None:
                 total_g = total_g + errG_patch
+            if headD is not None:
+                total_g = total_g + errG_head
             if detail is not None:
                 with autocast(device, run.amp):
                     d_loss = losses.part_loss(detail(fakes[-1]), batch.parts[:, detail_cols]) * cfg.TRAIN.DETAIL_LOSS
@@ -371,6 +394,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 values["d_loss"] = d_loss.item()
             if patchD is not None:
                 values["errG_patch"] = errG_patch.item()
+            if headD is not None:
+                values["errG_head"] = errG_head.item()
             if not math.isfinite(sum(values.values())):
                 raise AttnGANError(f"GAN loss is not finite at step {step}: {values}; lower the learning rates")
             log_step(run, progress, step, values, "gan/train")
@@ -402,6 +427,12 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             break
     progress.close()
     return run.out
+
+
+def head_crop_size(image_size: int) -> int:
+    """TRAIN.HEAD_D_LOSS's crop side: a quarter of the image (64 px at 256, a bird's head), at least 32 px, the least
+    a PatchDiscriminator gives windows for."""
+    return min(image_size, max(image_size // 4, 32))
 
 
 def _loss_weight(cfg: Config, key: str) -> float:

@@ -168,6 +168,16 @@ def patch_generator_loss(netD, fake: Tensor, augment: Augment | None = None) -> 
     return _bce(netD(_augmented(fake, augment)), 1.0)
 
 
+def crop_around(images: Tensor, centres: Tensor, size: int) -> Tensor:
+    """A size x size crop of each image centred on its (x, y) in `centres` (B x 2 pixels), moved inside the image
+    where the centre is nearer an edge than size / 2. Gradients flow to the pixels, not to the centres."""
+    height, width = images.shape[2:]
+    corners = (centres.detach().round().long() - size // 2).cpu()
+    x0 = corners[:, 0].clamp(0, width - size).tolist()
+    y0 = corners[:, 1].clamp(0, height - size).tolist()
+    return torch.stack([im[:, y:y + size, x:x + size] for im, x, y in zip(images, x0, y0)])
+
+
 def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, sigma) || N(0, 1)) of the conditioning augmentation, as an element-wise mean (the original)."""
     mu = mu.float()

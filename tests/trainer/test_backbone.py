@@ -348,3 +348,32 @@ def test_bad_backbone_files_are_one_line(birds, tmp_path):
                              timeout=120, check=False)
         assert res.returncode == 1 and expected in res.stderr, res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_attention_centres_are_where_a_part_looks():
+    """TRAIN.HEAD_D_LOSS crops around the centre of mass of the detail reader's attention for the eye ring: with the
+    attention all on one cell of the trunk's map, the centre is that cell's, in the input image's pixels."""
+    from trainer.backbone import PartHeads
+
+    reader = PartHeads({"crown": ["red", "blue"], "eyering": ["none", "black"]}, size=64, pool="attention").eval()
+    images = torch.zeros(2, 3, 128, 128)
+    with torch.no_grad():
+        trunk = reader.encoder.trunk(reader.encoder.resize(images))
+    assert trunk.shape[2:] == (4, 4)  # a 64 px reader: one cell per 32 px of these 128 px images
+    logits = torch.full((2, 2, 4, 4), -1e4)
+    logits[0, 1, 1, 3] = 0.0  # image 0: all of the eye ring's attention on row 1, column 3
+    logits[1, 1, 2:4, 0] = 0.0  # image 1: split between rows 2 and 3 of column 0
+
+
+    class FixedAttention(torch.nn.Module):  # the attention conv's output, as the trunk's map would give it
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits
+
+    reader.where = FixedAttention()
+    centres = reader.attention_centres(images, "eyering")
+    assert centres.tolist() == [[112.0, 48.0], [16.0, 96.0]]
+    with pytest.raises(AttnGANError, match="no attention for 'nape'"):
+        reader.attention_centres(images, "nape")
+    mean_pooled = PartHeads({"eyering": ["none", "black"]}, size=64, pool="mean")
+    with pytest.raises(AttnGANError, match="no attention for 'eyering'"):
+        mean_pooled.attention_centres(images, "eyering")

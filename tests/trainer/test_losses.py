@@ -161,3 +161,16 @@ def test_patch_losses_are_the_mean_bce_over_every_window():
         d.weight.fill_(0.01)
     losses.patch_generator_loss(d, fake).backward()
     assert fake.grad.abs().sum() > 0  # G learns through D
+
+
+def test_crop_around_takes_the_pixels_at_each_centre_and_stays_inside():
+    """TRAIN.HEAD_D_LOSS's crops: the size x size pixels around each image's own centre, moved inside the image at
+    an edge; G's gradient reaches the cropped pixels only."""
+    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16).requires_grad_(True)
+    centres = torch.tensor([[5.2, 9.0], [15.0, -3.0]])  # (x, y); the second is past the right and top edges
+    crops = losses.crop_around(images, centres, 4)
+    assert crops.shape == (2, 3, 4, 4)
+    assert torch.equal(crops[0], images[0, :, 7:11, 3:7])
+    assert torch.equal(crops[1], images[1, :, 0:4, 12:16])
+    crops.sum().backward()
+    assert images.grad.sum().item() == 2 * 3 * 16 and images.grad[0, :, 7:11, 3:7].eq(1).all()

@@ -374,3 +374,38 @@ def test_growing_keeps_the_source_weights_and_initialises_the_new_stage():
         load_grown_generator(big64, small.state_dict(), "s")
     with pytest.raises(AttnGANError, match="it has h_net1.att.conv_context.weight.*WORD_ATTN_64"):
         load_grown_generator(big, small64.state_dict(), "s")
+
+
+def test_head_discriminator_trains_on_heads_and_travels_in_the_checkpoint(birds, damsm_run, tmp_path, monkeypatch):
+    """TRAIN.HEAD_D_LOSS: one more PatchGAN, on crops of the last stage's image (real and generated) around where the
+    detail reader looks for the eye ring. It trains beside the stages' Ds (errD_head, errG_head), is carried in the
+    checkpoint with its optimizer and saved as netD_head.pth; without a reader of the eye ring it is one line."""
+    from trainer.backbone import train_backbone
+    from trainer.damsm import latest_encoders
+    from trainer.gan import head_crop_size, train_gan
+
+    assert (head_crop_size(256), head_crop_size(128), head_crop_size(64)) == (64, 32, 32)
+    monkeypatch.setattr("trainer.backbone.READER_MIN_ACCURACY", 0.0)  # a tiny reader: keep its heads whatever they read
+    readers = {}
+    for name, parts in (("eyering", ["crown", "eyering"]), ("crown", ["crown"])):
+        readers[name] = tmp_path / f"{name}.safetensors"
+        train_backbone(readers[name], renders=96, epochs=1, size=64, seed=5, held_out=16, progress=False,
+                       pool="attention", parts=parts)
+    text, _ = latest_encoders(damsm_run)
+    base = TINY_GAN + [f"TRAIN.NET_E={text}", "TRAIN.LOG_INTERVAL=1", "TRAIN.DETAIL_LOSS=1", "TRAIN.HEAD_D_LOSS=2",
+                       f"TRAIN.DETAIL_BACKBONE={readers['eyering']}"]
+    run = train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=3"]), str(birds), str(tmp_path / "gan"))
+    rows = _metrics(run, "gan/train")
+    assert len(rows) == 3 and all(r["errD_head"] > 0 and r["errG_head"] > 0 for r in rows)
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert len(ckpt["netsD"]) == 2 and len(ckpt["optsD"]) == 2  # the 64 px stage's D and the head's
+    assert (run / "Model" / "netD_head.pth").is_file()
+    head = torch.load(run / "Model" / "netD_head.pth", map_location="cpu", weights_only=True)
+    assert all(torch.equal(head[k], ckpt["netsD"][-1][k]) for k in head)
+    for extra, expected in [(["TRAIN.HEAD_D_LOSS=0", "TRAIN.MAX_STEPS=4"], "HEAD_D_LOSS add one each"),
+                            (["TRAIN.DETAIL_LOSS=0"], "HEAD_D_LOSS crops the head where the detail reader looks"),
+                            ([f"TRAIN.DETAIL_BACKBONE={readers['crown']}"], "no attention for 'eyering'"),
+                            (["TRAIN.HEAD_D_LOSS=-1"], "HEAD_D_LOSS must be 0")]:
+        out = run if "add one each" in expected else tmp_path / "bad"
+        with pytest.raises(AttnGANError, match=expected):
+            train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2", *extra]), str(birds), str(out))

@@ -47,6 +47,8 @@ VARIANTS = {  # name: (config it varies, GAN overrides); its GAN rate is also pr
     "default64_augment": ("default64", ["TRAIN.D_AUGMENT=translation"]),
     # the three stages with a PatchGAN on the 256 px image beside the stages' Ds (TRAIN.PATCH_D_LOSS)
     "default_patch": ("default", ["TRAIN.PATCH_D_LOSS=2"]),
+    # the head stage (trainer/cfg/default/gan_head.yml): a PatchGAN on 64 px crops of the head (TRAIN.HEAD_D_LOSS)
+    "default_head": ("default", ["TRAIN.HEAD_D_LOSS=2"]),
 }
 DETAIL_SIZE = 128  # the recipe's detail backbone reads at 128 px (`attngan train backbone --size 128 --pool attention`)
 
@@ -160,6 +162,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     from trainer.augment import policy
     from trainer.backbone import PartHeads, PartReader
     from trainer.data.synth import ATTRIBUTE_VALUES
+    from trainer.gan import head_crops
 
     mc = ModelConfig.from_config(cfg, n_words)
     text = TextEncoder(n_words, nhidden=mc.embedding_dim).to(device).eval().requires_grad_(False)
@@ -168,8 +171,10 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     netG = Generator(mc)
     netG.apply(init_weights)
     netsD = build_discriminators(mc)
-    if cfg.TRAIN.PATCH_D_LOSS:
-        netsD.append(PatchDiscriminator(2 * mc.df_dim))  # last: it reads the last stage's image
+    stage_ds = netsD[: len(mc.image_sizes)]
+    patch = PatchDiscriminator(2 * mc.df_dim) if cfg.TRAIN.PATCH_D_LOSS else None  # reads the last stage's image
+    head = PatchDiscriminator(2 * mc.df_dim) if cfg.TRAIN.HEAD_D_LOSS else None  # reads its heads, as the trainer
+    netsD += [d for d in (patch, head) if d is not None]
     for d in netsD:
         d.apply(init_weights)
     nets = [netG.to(device), *[d.to(device) for d in netsD]]
@@ -193,8 +198,6 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         reals = [r.contiguous(memory_format=torch.channels_last) for r in reals]
     g = cfg.TRAIN.SMOOTH
     augment = policy(cfg.TRAIN.D_AUGMENT)
-    stage_ds = netsD[: len(mc.image_sizes)]
-    patch = netsD[-1] if cfg.TRAIN.PATCH_D_LOSS else None
 
     def step() -> None:
         with torch.no_grad():
@@ -203,11 +206,16 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         noise = torch.randn(batch, mc.z_dim, device=device)
         with amp(device, s.bf16):
             fakes, _, mu, logvar = netG(noise, sent, words, mask)
+        if head is not None:
+            with amp(device, s.bf16):
+                real_heads, fake_heads = head_crops(detail, reals[-1], fakes[-1])
         for i, (d, opt) in enumerate(zip(netsD, optsD)):
             opt.zero_grad(set_to_none=True)
             with amp(device, s.bf16):
                 if d is patch:
                     errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], augment)
+                elif d is head:
+                    errD = losses.patch_discriminator_loss(d, real_heads, fake_heads, augment)
                 else:
                     errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, augment)
             errD.backward()
@@ -219,6 +227,8 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
             errG = losses.generator_adversarial_loss(stage_ds, fakes, sent, augment)
             if patch is not None:
                 errG = errG + losses.patch_generator_loss(patch, fakes[-1], augment) * cfg.TRAIN.PATCH_D_LOSS
+            if head is not None:
+                errG = errG + losses.patch_generator_loss(head, fake_heads, augment) * cfg.TRAIN.HEAD_D_LOSS
             if reader is None:
                 regions, code = image(fakes[-1])
             else:  # as the trainer: every stage's image read by the trunk, the last pass serves DAMSM too
@@ -354,7 +364,9 @@ stage 2 (both with word attention at 64 px, `GAN.WORD_ATTN_64`, and the part and
 the image backbone's part heads read every stage's image, the 128 px detail backbone the last one), `default64_plain`
 stage 1 without word attention, `default64_unread` without the part and detail losses, `default64_augment` with
 DiffAugment's shifts before every discriminator call (`TRAIN.D_AUGMENT=translation`), `default_patch` the
-three stages with a PatchGAN on the 256 px image beside the stages' Ds (`TRAIN.PATCH_D_LOSS=2`). "G NCHW" is what the trainer does on CPU: the
+three stages with a PatchGAN on the 256 px image beside the stages' Ds (`TRAIN.PATCH_D_LOSS=2`), `default_head` with
+one on 64 px crops of the head instead, where the detail reader looks for the eye ring (`TRAIN.HEAD_D_LOSS=2`, the
+head stage's). "G NCHW" is what the trainer does on CPU: the
 generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
 channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
 slower than either layout alone on CPU.

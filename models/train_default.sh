@@ -2,9 +2,9 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 4 h of training in all (backbone
-# 6 min, DAMSM 25 min, detail backbone 11 min, GAN stage 1 2 h 31 min, stage 2 45 min; this machine ran up to ~1.7x
-# faster on other days; models/README.md has each step's time).
+# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 5 h of training in all (backbone
+# 6 min, DAMSM 25 min, detail backbone 7-11 min, GAN stage 1 2 h 31 min, stage 2 45 min, the head stage 64 min; this
+# machine ran up to ~1.7x faster on other days; models/README.md has each step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,15 +57,24 @@ last_generator() { ls -v "$1"/Model/netG_epoch_*.pth | tail -1; }
     --output-dir "$RUNS/default_AttnGAN" --set "$NET_E" --set "$PARTS" --set "$DETAILS" \
     --init-from "$(last_generator "$RUNS/default_AttnGAN64")"
 
-# 5. bundle (EMA generator, fp16 weights); redone only when the run's checkpoint is newer than the bundle
-if [ ! "$BUNDLE/manifest.json" -nt "$RUNS/default_AttnGAN/checkpoint.pt" ]; then
-    "${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN" --out "$BUNDLE" --half
+# 5. The head stage: stage 2's generator (its bundle: EMA weights at fp16) trained on with new discriminators and a
+#    PatchGAN on the head alone, cropped where the detail reader looks for the eye ring (gan_head.yml,
+#    TRAIN.HEAD_D_LOSS): the generator starts drawing the eye. Bundles are redone only when their run's checkpoint
+#    is newer.
+STAGE2="$RUNS/default_AttnGAN_bundle"
+if [ ! "$STAGE2/manifest.json" -nt "$RUNS/default_AttnGAN/checkpoint.pt" ]; then
+    "${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN" --out "$STAGE2" --half
+fi
+"${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_head.yml --data-dir "$DATA" \
+    --output-dir "$RUNS/default_AttnGAN_head" --set "$NET_E" --set "$PARTS" --set "$DETAILS" --init-from "$STAGE2"
+if [ ! "$BUNDLE/manifest.json" -nt "$RUNS/default_AttnGAN_head/checkpoint.pt" ]; then
+    "${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN_head" --out "$BUNDLE" --half
 fi
 
 # 6. evaluation report on the held-out (test-class) captions; redone only for a newer bundle
 if [ ! "$BUNDLE/eval/metrics.json" -nt "$BUNDLE/manifest.json" ]; then
     "${ATTNGAN[@]}" evaluate --bundle "$BUNDLE" --data "$DATA" --out "$BUNDLE/eval" --images "$EVAL_IMAGES" \
-        --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN"
+        --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN" --logs "$RUNS/default_AttnGAN_head"
 fi
 
 # 7. README pictures: docs/default_samples.png and docs/challenge_caption.png (the first hour's birds,

@@ -320,12 +320,9 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 fakes, _, mu, logvar = netG(noise, sent, words, mask)
             reals = batch.images[-len(fakes):] if mc.dcgan else batch.images[: len(fakes)]
 
-            if headD is not None:  # the heads, where the detail reader looks for the eye ring in each image
-                crop = head_crop_size(reals[-1].shape[-1])
-                with torch.no_grad(), autocast(device, run.amp):
-                    real_heads = losses.crop_around(reals[-1], detail.attention_centres(reals[-1], HEAD_PART), crop)
-                    fake_centres = detail.attention_centres(fakes[-1].detach(), HEAD_PART)
-                fake_heads = losses.crop_around(fakes[-1], fake_centres, crop)
+            if headD is not None:
+                with autocast(device, run.amp):
+                    real_heads, fake_heads = head_crops(detail, reals[-1], fakes[-1])
 
             values: dict[str, float] = {}
             for i, (d, opt) in enumerate(zip(every_d, optsD)):
@@ -433,6 +430,16 @@ def head_crop_size(image_size: int) -> int:
     """TRAIN.HEAD_D_LOSS's crop side: a quarter of the image (64 px at 256, a bird's head), at least 32 px, the least
     a PatchDiscriminator gives windows for."""
     return min(image_size, max(image_size // 4, 32))
+
+
+def head_crops(detail, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRAIN.HEAD_D_LOSS's inputs: the real and generated heads, each cropped where the detail reader looks for the
+    eye ring in that image. The centres carry no gradient; the generated crops carry G's."""
+    crop = head_crop_size(real.shape[-1])
+    with torch.no_grad():
+        real_heads = losses.crop_around(real, detail.attention_centres(real, HEAD_PART), crop)
+        fake_centres = detail.attention_centres(fake.detach(), HEAD_PART)
+    return real_heads, losses.crop_around(fake, fake_centres, crop)
 
 
 def _loss_weight(cfg: Config, key: str) -> float:

@@ -290,7 +290,7 @@ def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm
     assert (out / "Model" / "netD_patch.pth").is_file()
     assert _metrics(out, "gan/train")[-1]["errD_patch"] > 0
     without = _cli([*args, "--set", "TRAIN.MAX_STEPS=12", "--set", "TRAIN.PATCH_D_LOSS=0", "--output-dir", str(out)])
-    assert without.returncode == 1 and "TRAIN.PATCH_D_LOSS adds one" in without.stderr.strip().splitlines()[-1]
+    assert without.returncode == 1 and "TRAIN.PATCH_D_LOSS and TRAIN.HEAD_D_LOSS add one each" in without.stderr.strip().splitlines()[-1]
     # a run whose last step is an epoch's last (8 = 2 epochs of 4) records the next epoch, as a natural end does
     boundary = tmp_path / "boundary"
     first = _cli([*args, "--set", "TRAIN.MAX_STEPS=8", "--output-dir", str(boundary)])

@@ -76,11 +76,9 @@ def main() -> None:
         save_palette_png(sheet_of(truth + birds), args.sheet)
         print(f"wrote {args.sheet}")
     if args.heads:
-        from trainer.gan import HEAD_PART, head_crop_size
-        from trainer.losses import crop_around
+        from trainer.gan import crop_heads
 
-        images = torch.stack([to_tensor(b) for b in truth + birds])
-        crops = crop_around(images, reader.attention_centres(images, HEAD_PART), head_crop_size(images.shape[-1]))
+        crops = crop_heads(reader, torch.stack([to_tensor(b) for b in truth + birds]))
         heads = [to_pil(c).resize((2 * c.shape[-1],) * 2, Image.LANCZOS) for c in crops]
         save_palette_png(sheet_of(heads), args.heads)
         print(f"wrote {args.heads}")

@@ -432,14 +432,17 @@ def head_crop_size(image_size: int) -> int:
     return min(image_size, max(image_size // 4, 32))
 
 
-def head_crops(detail, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """TRAIN.HEAD_D_LOSS's inputs: the real and generated heads, each cropped where the detail reader looks for the
-    eye ring in that image. The centres carry no gradient; the generated crops carry G's."""
-    crop = head_crop_size(real.shape[-1])
+def crop_heads(detail, images: torch.Tensor) -> torch.Tensor:
+    """TRAIN.HEAD_D_LOSS's view: each image cropped where the detail reader looks for the eye ring in it. The centre
+    carries no gradient; the crop carries the image's."""
     with torch.no_grad():
-        real_heads = losses.crop_around(real, detail.attention_centres(real, HEAD_PART), crop)
-        fake_centres = detail.attention_centres(fake.detach(), HEAD_PART)
-    return real_heads, losses.crop_around(fake, fake_centres, crop)
+        centres = detail.attention_centres(images.detach(), HEAD_PART)
+    return losses.crop_around(images, centres, head_crop_size(images.shape[-1]))
+
+
+def head_crops(detail, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real and generated heads the head D judges."""
+    return crop_heads(detail, real), crop_heads(detail, fake)
 
 
 def _loss_weight(cfg: Config, key: str) -> float:

@@ -75,6 +75,9 @@ class TrainConfig:
     # 70 px window; attngan.model.PatchDiscriminator, ours), trained beside the stages' Ds; 0: off, as the original
     HEAD_D_LOSS: float = 0.0  # GAN: weight of G's term from a PatchGAN on the head alone: a quarter-side crop of the
     # last stage's image around where the detail reader (DETAIL_LOSS) looks for the eye ring, real and fake; 0: off
+    HEAD_D_CONDITIONAL: bool = False  # GAN: the head D reads the caption too: each window gets a stage D's two logits,
+    # with and without the sentence (mismatched pairs too), so the head is judged against the colours the caption names;
+    # switched on when resuming, the PatchGAN's weights carry over (its sentence head starts new)
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

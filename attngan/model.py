@@ -450,15 +450,19 @@ def encode_image_by_16times(ndf: int) -> nn.Sequential:
 
 
 class DLogits(nn.Module):
-    """D_GET_LOGITS: (optionally sentence-conditioned) 4x4 features -> one logit per image (no sigmoid)."""
+    """D_GET_LOGITS: (optionally sentence-conditioned) 4x4 features -> one logit per image (no sigmoid).
 
-    def __init__(self, ndf: int, nef: int, condition: bool) -> None:
+    per_window (ours, the conditional PatchGAN): the last conv slides (stride 1) for one logit per 4 x 4 window.
+    """
+
+    def __init__(self, ndf: int, nef: int, condition: bool, per_window: bool = False) -> None:
         super().__init__()
         self.ef_dim = nef
         self.condition = condition
         if condition:
             self.jointConv = block3x3_leaky(ndf * 8 + nef, ndf * 8)
-        self.outlogits = nn.Sequential(nn.Conv2d(ndf * 8, 1, kernel_size=4, stride=4))
+        window = nn.Conv2d(ndf * 8, 1, 4, 1, 1) if per_window else nn.Conv2d(ndf * 8, 1, kernel_size=4, stride=4)
+        self.outlogits = nn.Sequential(window)
 
     def forward(self, h: torch.Tensor, sent_emb: torch.Tensor | None = None) -> torch.Tensor:
         if self.condition:
@@ -527,20 +531,34 @@ class PatchDiscriminator(nn.Module):
 
     def __init__(self, ndf: int = 32) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, ndf, 4, 2, 1),
-            nn.LeakyReLU(0.2, inplace=True),
-            down_block(ndf, ndf * 2),
-            down_block(ndf * 2, ndf * 4),
-            nn.Conv2d(ndf * 4, ndf * 8, 4, 1, 1, bias=False),
-            nn.BatchNorm2d(ndf * 8),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 8, 1, 4, 1, 1),
-        )
+        self.net = nn.Sequential(*patch_features(ndf), nn.Conv2d(ndf * 8, 1, 4, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images B x 3 x S x S -> logits B x 1 x (S/8 - 2) x (S/8 - 2), one per window."""
         return self.net(images)
+
+
+def patch_features(ndf: int) -> list[nn.Module]:
+    """The PatchGAN's layers before its last: B x 3 x S x S -> B x 8*ndf x (S/8 - 1) x (S/8 - 1)."""
+    return [nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True), down_block(ndf, ndf * 2),
+            down_block(ndf * 2, ndf * 4), nn.Conv2d(ndf * 4, ndf * 8, 4, 1, 1, bias=False), nn.BatchNorm2d(ndf * 8),
+            nn.LeakyReLU(0.2, inplace=True)]
+
+
+class ConditionalPatchDiscriminator(nn.Module):
+    """Ours (TRAIN.HEAD_D_CONDITIONAL): the PatchGAN with a stage D's two heads, one logit per window each: the
+    unconditional one ("a real head?") and one that reads the sentence as D_GET_LOGITS does ("this caption's head?",
+    trained on mismatched pairs too). The stages' losses (trainer.losses.discriminator_loss) apply as they are."""
+
+    def __init__(self, ndf: int, nef: int) -> None:
+        super().__init__()
+        self.img_code = nn.Sequential(*patch_features(ndf))
+        self.UNCOND_DNET = DLogits(ndf, nef, condition=False, per_window=True)
+        self.COND_DNET = DLogits(ndf, nef, condition=True, per_window=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images B x 3 x S x S -> features B x 8*ndf x (S/8 - 1) x (S/8 - 1), for the two heads."""
+        return self.img_code(images)
 
 
 DISCRIMINATORS: dict[int, type[_Discriminator]] = {64: Discriminator64, 128: Discriminator128, 256: Discriminator256}

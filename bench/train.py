@@ -49,6 +49,8 @@ VARIANTS = {  # name: (config it varies, GAN overrides); its GAN rate is also pr
     "default_patch": ("default", ["TRAIN.PATCH_D_LOSS=2"]),
     # the head stage (trainer/cfg/default/gan_head.yml): a PatchGAN on 64 px crops of the head (TRAIN.HEAD_D_LOSS)
     "default_head": ("default", ["TRAIN.HEAD_D_LOSS=2"]),
+    # the same crops judged with and without the caption (TRAIN.HEAD_D_CONDITIONAL)
+    "default_head_cond": ("default", ["TRAIN.HEAD_D_LOSS=2", "TRAIN.HEAD_D_CONDITIONAL=true"]),
 }
 DETAIL_SIZE = 128  # the recipe's detail backbone reads at 128 px (`attngan train backbone --size 128 --pool attention`)
 
@@ -162,7 +164,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     from trainer.augment import policy
     from trainer.backbone import PartHeads, PartReader
     from trainer.data.synth import ATTRIBUTE_VALUES
-    from trainer.gan import head_crops
+    from trainer.gan import build_head_discriminator, head_crops, head_discriminator_loss, head_generator_loss
 
     mc = ModelConfig.from_config(cfg, n_words)
     text = TextEncoder(n_words, nhidden=mc.embedding_dim).to(device).eval().requires_grad_(False)
@@ -173,7 +175,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     netsD = build_discriminators(mc)
     stage_ds = netsD[: len(mc.image_sizes)]
     patch = PatchDiscriminator(2 * mc.df_dim) if cfg.TRAIN.PATCH_D_LOSS else None  # reads the last stage's image
-    head = PatchDiscriminator(2 * mc.df_dim) if cfg.TRAIN.HEAD_D_LOSS else None  # reads its heads, as the trainer
+    head = build_head_discriminator(cfg, mc)  # reads its heads, as the trainer
     netsD += [d for d in (patch, head) if d is not None]
     for d in netsD:
         d.apply(init_weights)
@@ -215,7 +217,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
                 if d is patch:
                     errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], augment)
                 elif d is head:
-                    errD = losses.patch_discriminator_loss(d, real_heads, fake_heads, augment)
+                    errD = head_discriminator_loss(d, real_heads, fake_heads, sent, augment)
                 else:
                     errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, augment)
             errD.backward()
@@ -228,7 +230,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
             if patch is not None:
                 errG = errG + losses.patch_generator_loss(patch, fakes[-1], augment) * cfg.TRAIN.PATCH_D_LOSS
             if head is not None:
-                errG = errG + losses.patch_generator_loss(head, fake_heads, augment) * cfg.TRAIN.HEAD_D_LOSS
+                errG = errG + head_generator_loss(head, fake_heads, sent, augment) * cfg.TRAIN.HEAD_D_LOSS
             if reader is None:
                 regions, code = image(fakes[-1])
             else:  # as the trainer: every stage's image read by the trunk, the last pass serves DAMSM too
@@ -366,7 +368,8 @@ stage 1 without word attention, `default64_unread` without the part and detail l
 DiffAugment's shifts before every discriminator call (`TRAIN.D_AUGMENT=translation`), `default_patch` the
 three stages with a PatchGAN on the 256 px image beside the stages' Ds (`TRAIN.PATCH_D_LOSS=2`), `default_head` with
 one on 64 px crops of the head instead, where the detail reader looks for the eye ring (`TRAIN.HEAD_D_LOSS=2`, the
-head stage's). "G NCHW" is what the trainer does on CPU: the
+head stage's), `default_head_cond` with its windows judged with the caption too
+(`TRAIN.HEAD_D_CONDITIONAL=true`). "G NCHW" is what the trainer does on CPU: the
 generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
 channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
 slower than either layout alone on CPU.

@@ -11,6 +11,7 @@ encoders' R-precision on the real test images (first caption of each, 99 mismatc
     .venv/bin/python models/probe_encoders.py --bundle models/default --data data/default
     .venv/bin/python models/probe_encoders.py --bundle models/default --data data/default \
         --text-encoder output/default_DAMSM/Model/text_encoder45.pth   # a DAMSM run's encoders instead
+    .venv/bin/python models/probe_encoders.py --parts crown,eyering   # does the sentence say the eye ring's colour?
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--text-encoder", default="", help="a DAMSM run's text_encoder*.pth (its image_encoder "
                                                            "beside it) instead of the bundle's encoders")
     parser.add_argument("--words-num", type=int, default=0, help="caption words read (default: the bundle's)")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to probe (default: the "
+                        "judgeable ones; eyering, nape and the rest of trainer.data.synth.ATTRIBUTE_VALUES work too)")
     args = parser.parse_args()
     from attngan.bundle import load_bundle
     from trainer.checkpoint import load_weights
@@ -101,7 +104,7 @@ def main() -> None:
     print(f"R-precision of the real test images (first caption each): {100 * hits.mean():.1f}%")
     print(f"{'part':8s} {'text: train / test captions':>28s} {'image: train / test images':>28s}")
     rows = []
-    for part in PARTS:
+    for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
         values = sorted({t[part] for t in train["truth"] + test["truth"] if part in t})
         index = {v: k for k, v in enumerate(values)}
         sel = [k for k, n in enumerate(train["named"]) if part in n]

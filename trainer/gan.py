@@ -104,6 +104,9 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     if _loss_weight(cfg, "HEAD_D_LOSS") > 0 and not _loss_weight(cfg, "DETAIL_LOSS"):
         raise AttnGANError("TRAIN.HEAD_D_LOSS crops the head where the detail reader looks for the eye ring: set "
                            "TRAIN.DETAIL_LOSS and TRAIN.DETAIL_BACKBONE (an attention-pooled backbone) too")
+    if cfg.TRAIN.HEAD_D_CONDITIONAL and not _loss_weight(cfg, "HEAD_D_LOSS"):
+        raise AttnGANError("TRAIN.HEAD_D_CONDITIONAL makes the head D read the caption: set TRAIN.HEAD_D_LOSS (its "
+                           "weight) too")
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
@@ -177,7 +180,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     head_weight = _loss_weight(cfg, "HEAD_D_LOSS")
     if head_weight > 0:
         detail.require_attention(HEAD_PART)
-    headD = PatchDiscriminator(2 * mc.df_dim) if head_weight > 0 else None
+    headD = build_head_discriminator(cfg, mc)
     every_d = [*netsD, *(d for d in (patchD, headD) if d is not None)]
     for d in every_d:
         d.apply(init_weights)
@@ -234,11 +237,18 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             raise AttnGANError(f"{ckpt_path} was trained with {len(ckpt['netsD'])} discriminators, this config has "
                                f"{len(every_d)} (TRAIN.PATCH_D_LOSS and TRAIN.HEAD_D_LOSS add one each): resume with the run's own config")
         netG.load_state_dict(ckpt["netG"])
-        for d, s in zip(every_d, ckpt["netsD"]):
-            d.load_state_dict(s)
+        for d, o, s, o_state in zip(every_d, optsD, ckpt["netsD"], ckpt["optsD"]):
+            if d is headD and _is_conditional(d) and "net.0.weight" in s:
+                carry_patch_into_conditional(d, o, s, o_state)  # TRAIN.HEAD_D_CONDITIONAL switched on mid-run
+                log.info("head D: the PatchGAN's weights carried into the conditional one; its sentence head is new")
+                continue
+            try:
+                d.load_state_dict(s)
+            except RuntimeError:
+                raise AttnGANError(f"{ckpt_path}'s discriminators do not fit this config (TRAIN.HEAD_D_CONDITIONAL "
+                                   "can be switched on mid-run, not off): resume with the run's own config") from None
+            o.load_state_dict(o_state)
         optG.load_state_dict(ckpt["optG"])
-        for o, s in zip(optsD, ckpt["optsD"]):
-            o.load_state_dict(s)
         start_epoch, step, skip = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["step_in_epoch"])
     else:
         for net in [netG, *every_d]:
@@ -331,7 +341,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                     if d is patchD:  # last, on the last stage's images
                         errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], d_augment)
                     elif d is headD:
-                        errD = losses.patch_discriminator_loss(d, real_heads, fake_heads, d_augment)
+                        errD = head_discriminator_loss(d, real_heads, fake_heads, sent, d_augment)
                     else:
                         errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, d_augment)
                 errD.backward()
@@ -347,7 +357,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 if patchD is not None:
                     errG_patch = losses.patch_generator_loss(patchD, fakes[-1], d_augment) * patch_weight
                 if headD is not None:
-                    errG_head = losses.patch_generator_loss(headD, fake_heads, d_augment) * head_weight
+                    errG_head = head_generator_loss(headD, fake_heads, sent, d_augment) * head_weight
                 if reader is None:
                     regions, code = image_encoder(fakes[-1])
                 else:  # the last stage's trunk pass serves both the DAMSM and the part loss
@@ -430,6 +440,59 @@ def head_crop_size(image_size: int) -> int:
     """TRAIN.HEAD_D_LOSS's crop side: a quarter of the image (64 px at 256, a bird's head), at least 32 px, the least
     a PatchDiscriminator gives windows for."""
     return min(image_size, max(image_size // 4, 32))
+
+
+def build_head_discriminator(cfg: Config, mc):
+    """TRAIN.HEAD_D_LOSS's discriminator, or None when off: a PatchGAN (one logit per window, no caption), or with
+    TRAIN.HEAD_D_CONDITIONAL the same windows judged with and without the sentence, as the stages' Ds do."""
+    from attngan.model import ConditionalPatchDiscriminator, PatchDiscriminator
+
+    if not cfg.TRAIN.HEAD_D_LOSS:
+        return None
+    if cfg.TRAIN.HEAD_D_CONDITIONAL:
+        return ConditionalPatchDiscriminator(2 * mc.df_dim, mc.embedding_dim)
+    return PatchDiscriminator(2 * mc.df_dim)
+
+
+def _is_conditional(headD) -> bool:
+    return hasattr(getattr(headD, "module", headD), "COND_DNET")
+
+
+def carry_patch_into_conditional(headD, optD: torch.optim.Optimizer, patch_state: dict, patch_opt_state: dict
+                                 ) -> None:
+    """Resume a PatchGAN head D as a conditional one: its trunk and window logits become the trunk and the
+    unconditional head, with their Adam moments; the sentence head keeps its fresh weights and starts without."""
+    from attngan.model import PatchDiscriminator
+
+    trunk = len(headD.img_code)  # the PatchGAN's net.{trunk} is its last conv, the window logits
+
+    def renamed(name: str) -> str:
+        index, _, rest = name.removeprefix("net.").partition(".")
+        return f"UNCOND_DNET.outlogits.0.{rest}" if int(index) == trunk else f"img_code.{index}.{rest}"
+
+    state = headD.state_dict()
+    state.update({renamed(k): v for k, v in patch_state.items()})
+    headD.load_state_dict(state)
+    patch_names = [n for n, _ in PatchDiscriminator(headD.img_code[0].out_channels).named_parameters()]
+    names = [n for n, _ in headD.named_parameters()]
+    moments = {names.index(renamed(patch_names[i])): v for i, v in patch_opt_state["state"].items()}
+    optD.load_state_dict({"state": moments, "param_groups": optD.state_dict()["param_groups"]})
+
+
+def head_discriminator_loss(headD, real_heads: torch.Tensor, fake_heads: torch.Tensor, sent: torch.Tensor,
+                            augment=None) -> torch.Tensor:
+    """The head D's loss: the PatchGAN's, or a stage D's (real/fake with the caption, and real heads with the next
+    caption in the batch as mismatched pairs)."""
+    if _is_conditional(headD):
+        return losses.discriminator_loss(headD, real_heads, fake_heads, sent, augment)[0]
+    return losses.patch_discriminator_loss(headD, real_heads, fake_heads, augment)
+
+
+def head_generator_loss(headD, fake_heads: torch.Tensor, sent: torch.Tensor, augment=None) -> torch.Tensor:
+    """G's side of the head D: every generated head should pass as real (and, conditional, as its caption's)."""
+    if _is_conditional(headD):
+        return losses.generator_adversarial_loss([headD], [fake_heads], sent, augment)
+    return losses.patch_generator_loss(headD, fake_heads, augment)
 
 
 def crop_heads(detail, images: torch.Tensor) -> torch.Tensor:

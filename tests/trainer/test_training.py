@@ -409,3 +409,71 @@ def test_head_discriminator_trains_on_heads_and_travels_in_the_checkpoint(birds,
         out = run if "add one each" in expected else tmp_path / "bad"
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2", *extra]), str(birds), str(out))
+
+
+    # TRAIN.HEAD_D_CONDITIONAL: each window of the head D gets a logit with the sentence and one without
+    cond = ["TRAIN.HEAD_D_CONDITIONAL=true"]
+    run_c = train_gan(load_config(GAN_CFG, base + cond + ["TRAIN.MAX_STEPS=2"]), str(birds), str(tmp_path / "cond"))
+    rows = _metrics(run_c, "gan/train")
+    assert len(rows) == 2 and all(r["errD_head"] > 0 and r["errG_head"] > 0 for r in rows)
+    head = torch.load(run_c / "Model" / "netD_head.pth", map_location="cpu", weights_only=True)
+    assert any(k.startswith("COND_DNET.jointConv") for k in head) and any(k.startswith("UNCOND_DNET") for k in head)
+    for out, extra, expected in [(run_c, ["TRAIN.MAX_STEPS=4"], "switched on mid-run, not off"),
+                                 (tmp_path / "bad", cond + ["TRAIN.HEAD_D_LOSS=0"], "set TRAIN.HEAD_D_LOSS")]:
+        with pytest.raises(AttnGANError, match=expected):
+            train_gan(load_config(GAN_CFG, base + extra), str(birds), str(out))
+    # switched on mid-run: the PatchGAN run resumes with a conditional head D and trains on
+    train_gan(load_config(GAN_CFG, base + cond + ["TRAIN.MAX_STEPS=4"]), str(birds), str(run))
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 4 and any(k.startswith("COND_DNET") for k in ckpt["netsD"][-1])
+
+
+def test_a_patchgan_head_d_carries_into_a_conditional_one():
+    """TRAIN.HEAD_D_CONDITIONAL switched on when resuming: the PatchGAN's trunk and window logits, with their Adam
+    moments, become the conditional D's trunk and unconditional head; its sentence head starts fresh."""
+    from attngan.model import ConditionalPatchDiscriminator, PatchDiscriminator
+    from trainer.gan import carry_patch_into_conditional
+
+    torch.manual_seed(0)
+    patch = PatchDiscriminator(8)
+    opt = torch.optim.Adam(patch.parameters())
+    patch(torch.randn(2, 3, 32, 32)).mean().backward()
+    opt.step()
+    conditional = ConditionalPatchDiscriminator(8, 16)
+    fresh_sentence_head = {k: v.clone() for k, v in conditional.COND_DNET.state_dict().items()}
+    opt_c = torch.optim.Adam(conditional.parameters())
+    carry_patch_into_conditional(conditional, opt_c, patch.state_dict(), opt.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    patch.eval(), conditional.eval()
+    with torch.no_grad():
+        assert torch.equal(conditional.UNCOND_DNET(conditional(images)).view(-1), patch(images).view(-1))
+    assert all(torch.equal(v, conditional.COND_DNET.state_dict()[k]) for k, v in fresh_sentence_head.items())
+    carried = opt_c.state_dict()["state"]
+    names = [n for n, _ in conditional.named_parameters()]
+    assert {names[i] for i in carried} == {n for n in names if not n.startswith("COND_DNET")}
+    assert torch.equal(carried[names.index("img_code.0.weight")]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_conditional_head_discriminator_reads_the_caption():
+    """The conditional head D's loss changes with the sentence (it judges real heads against the next caption as
+    mismatched pairs); the PatchGAN's does not. Both give one logit per window."""
+    from attngan.model import ModelConfig
+    from trainer.gan import build_head_discriminator, head_discriminator_loss, head_generator_loss
+
+    torch.manual_seed(0)
+    cfg = load_config(GAN_CFG, ["TRAIN.HEAD_D_LOSS=2"])
+    mc = ModelConfig.from_config(cfg, 20)
+    real, fake = torch.rand(4, 3, 64, 64) * 2 - 1, torch.rand(4, 3, 64, 64) * 2 - 1
+    sent, other = torch.randn(4, mc.embedding_dim), torch.randn(4, mc.embedding_dim)
+    patch = build_head_discriminator(cfg, mc)
+    cfg.TRAIN.HEAD_D_CONDITIONAL = True
+    conditional = build_head_discriminator(cfg, mc)
+    with torch.no_grad():
+        windows = patch(real).shape[-2:]
+        features = conditional(real)
+        assert conditional.UNCOND_DNET(features).numel() == conditional.COND_DNET(features, sent).numel() == 4 * windows.numel()
+        assert head_discriminator_loss(patch, real, fake, sent) == head_discriminator_loss(patch, real, fake, other)
+        assert head_discriminator_loss(conditional, real, fake, sent) != head_discriminator_loss(conditional, real, fake, other)
+        assert head_generator_loss(conditional, fake, sent) != head_generator_loss(conditional, fake, other)
+    cfg.TRAIN.HEAD_D_LOSS = 0
+    assert build_head_discriminator(cfg, mc) is None

@@ -78,8 +78,3 @@ def image_pyramid(img: Image.Image, sizes: Sequence[int], *, train: bool,
     out.append(to_tensor(img))
     return out
 
-
-def to_pil(t: torch.Tensor) -> Image.Image:
-    """3xHxW tensor in [-1, 1] -> RGB PIL image (for grids and checks)."""
-    arr = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr, "RGB")

@@ -410,7 +410,6 @@ def test_head_discriminator_trains_on_heads_and_travels_in_the_checkpoint(birds,
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2", *extra]), str(birds), str(out))
 
-
     # TRAIN.HEAD_D_CONDITIONAL: each window of the head D gets a logit with the sentence and one without
     cond = ["TRAIN.HEAD_D_CONDITIONAL=true"]
     run_c = train_gan(load_config(GAN_CFG, base + cond + ["TRAIN.MAX_STEPS=2"]), str(birds), str(tmp_path / "cond"))
@@ -471,9 +470,11 @@ def test_conditional_head_discriminator_reads_the_caption():
     with torch.no_grad():
         windows = patch(real).shape[-2:]
         features = conditional(real)
-        assert conditional.UNCOND_DNET(features).numel() == conditional.COND_DNET(features, sent).numel() == 4 * windows.numel()
+        per_window = 4 * windows.numel()
+        assert conditional.UNCOND_DNET(features).numel() == conditional.COND_DNET(features, sent).numel() == per_window
         assert head_discriminator_loss(patch, real, fake, sent) == head_discriminator_loss(patch, real, fake, other)
-        assert head_discriminator_loss(conditional, real, fake, sent) != head_discriminator_loss(conditional, real, fake, other)
+        with_sent = head_discriminator_loss(conditional, real, fake, sent)
+        assert with_sent != head_discriminator_loss(conditional, real, fake, other)
         assert head_generator_loss(conditional, fake, sent) != head_generator_loss(conditional, fake, other)
     cfg.TRAIN.HEAD_D_LOSS = 0
     assert build_head_discriminator(cfg, mc) is None

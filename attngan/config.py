@@ -78,6 +78,8 @@ class TrainConfig:
     HEAD_D_CONDITIONAL: bool = False  # GAN: the head D reads the caption too: each window gets a stage D's two logits,
     # with and without the sentence (mismatched pairs too), so the head is judged against the colours the caption names;
     # switched on when resuming, the PatchGAN's weights carry over (its sentence head starts new)
+    HEAD_D_WORDS: bool = False  # GAN, with HEAD_D_CONDITIONAL: that head reads the caption's words instead of its
+    # sentence vector, each window attending over them as the generator does (attngan.model.WordDLogits)
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

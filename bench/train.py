@@ -51,6 +51,9 @@ VARIANTS = {  # name: (config it varies, GAN overrides); its GAN rate is also pr
     "default_head": ("default", ["TRAIN.HEAD_D_LOSS=2"]),
     # the same crops judged with and without the caption (TRAIN.HEAD_D_CONDITIONAL)
     "default_head_cond": ("default", ["TRAIN.HEAD_D_LOSS=2", "TRAIN.HEAD_D_CONDITIONAL=true"]),
+    # ... with the caption's words instead of its sentence vector (TRAIN.HEAD_D_WORDS)
+    "default_head_words": ("default", ["TRAIN.HEAD_D_LOSS=2", "TRAIN.HEAD_D_CONDITIONAL=true",
+                                       "TRAIN.HEAD_D_WORDS=true"]),
 }
 DETAIL_SIZE = 128  # the recipe's detail backbone reads at 128 px (`attngan train backbone --size 128 --pool attention`)
 
@@ -164,7 +167,13 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     from trainer.augment import policy
     from trainer.backbone import PartHeads, PartReader
     from trainer.data.synth import ATTRIBUTE_VALUES
-    from trainer.gan import build_head_discriminator, head_crops, head_discriminator_loss, head_generator_loss
+    from trainer.gan import (
+        build_head_discriminator,
+        head_condition,
+        head_crops,
+        head_discriminator_loss,
+        head_generator_loss,
+    )
 
     mc = ModelConfig.from_config(cfg, n_words)
     text = TextEncoder(n_words, nhidden=mc.embedding_dim).to(device).eval().requires_grad_(False)
@@ -211,13 +220,14 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
         if head is not None:
             with amp(device, s.bf16):
                 real_heads, fake_heads = head_crops(detail, reals[-1], fakes[-1])
+            head_cond = head_condition(head, sent, words, mask)
         for i, (d, opt) in enumerate(zip(netsD, optsD)):
             opt.zero_grad(set_to_none=True)
             with amp(device, s.bf16):
                 if d is patch:
                     errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], augment)
                 elif d is head:
-                    errD = head_discriminator_loss(d, real_heads, fake_heads, sent, augment)
+                    errD = head_discriminator_loss(d, real_heads, fake_heads, head_cond, augment)
                 else:
                     errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, augment)
             errD.backward()
@@ -230,7 +240,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
             if patch is not None:
                 errG = errG + losses.patch_generator_loss(patch, fakes[-1], augment) * cfg.TRAIN.PATCH_D_LOSS
             if head is not None:
-                errG = errG + head_generator_loss(head, fake_heads, sent, augment) * cfg.TRAIN.HEAD_D_LOSS
+                errG = errG + head_generator_loss(head, fake_heads, head_cond, augment) * cfg.TRAIN.HEAD_D_LOSS
             if reader is None:
                 regions, code = image(fakes[-1])
             else:  # as the trainer: every stage's image read by the trunk, the last pass serves DAMSM too
@@ -369,7 +379,8 @@ DiffAugment's shifts before every discriminator call (`TRAIN.D_AUGMENT=translati
 three stages with a PatchGAN on the 256 px image beside the stages' Ds (`TRAIN.PATCH_D_LOSS=2`), `default_head` with
 one on 64 px crops of the head instead, where the detail reader looks for the eye ring (`TRAIN.HEAD_D_LOSS=2`, the
 head stage's), `default_head_cond` with its windows judged with the caption too
-(`TRAIN.HEAD_D_CONDITIONAL=true`). "G NCHW" is what the trainer does on CPU: the
+(`TRAIN.HEAD_D_CONDITIONAL=true`), `default_head_words` with the caption's words instead of its sentence vector
+(`TRAIN.HEAD_D_WORDS=true`). "G NCHW" is what the trainer does on CPU: the
 generator stays in the NCHW layout while the image encoder and discriminators are channels-last, because with
 channels-last inputs its BatchNorms get NCHW gradients from F.glu, and that mixed-format backward is several times
 slower than either layout alone on CPU.

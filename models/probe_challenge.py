@@ -11,6 +11,10 @@ colour is drawn. A reader's verdict is not a picture: --sheet writes the 256 px 
 `--truth crown=yellow,eyering=black` puts above them 8 birds the data set's renderer draws with those parts.
 `--heads PNG` (with --backbone) writes each bird's head as the head stage's discriminator sees it
 (TRAIN.HEAD_D_LOSS: the quarter-side crop around where the reader looks for the eye ring), enlarged 2x.
+
+Does the part follow its caption in general, not just in this one? `--test-part eyering --data data/default` draws
+one bird for each test caption that names the part (the first such caption of each test image, seed first-seed + i,
+at most --captions) and prints how often the reader reads the named colour, against the share of the commonest.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ def main() -> None:
     ap.add_argument("--sheet", help="write the birds as one PNG, 8 per row, in seed order")
     ap.add_argument("--heads", metavar="PNG", help="with --backbone: write the birds' heads (and the --truth birds') "
                                                    "as TRAIN.HEAD_D_LOSS crops them, enlarged 2x, 8 per row")
+    ap.add_argument("--test-part", metavar="PART", help="with --backbone and --data: read PART on one bird per test "
+                                                        "caption that names it, against the named colour")
+    ap.add_argument("--data", help="the synthetic data set whose test captions --test-part draws")
+    ap.add_argument("--captions", type=int, default=1000, help="--test-part: at most this many captions")
     ap.add_argument("--truth", default="", metavar="PART=VALUE,...",
                     help="the sheet's first row: 8 birds drawn by the data set's own renderer with these parts "
                          "(the rest of each a random species'): what the caption asks for, to compare with")
@@ -48,6 +56,8 @@ def main() -> None:
         ap.error("give --backbone (to read the birds), --sheet (to look at them), or both")
     if args.heads and not args.backbone:
         ap.error("--heads finds each head with the reader: give --backbone too")
+    if args.test_part and not (args.backbone and args.data):
+        ap.error("--test-part reads the birds against their captions: give --backbone and --data too")
     truth_parts = dict(kv.partition("=")[::2] for kv in args.truth.split(",") if kv)
     for part, value in truth_parts.items():
         if value not in ATTRIBUTE_VALUES.get(part, ()):
@@ -55,6 +65,12 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     t2i = TextToImage.from_bundle(args.bundle, precision="fp32")
+    if args.test_part:
+        reader = load_detail_reader(args.backbone, min_accuracy=0.0).float().eval()
+        if args.test_part not in reader.parts:
+            ap.error(f"--test-part {args.test_part}: {args.backbone} reads {', '.join(reader.parts)}")
+        test_part_faithfulness(t2i, reader, args.data, args.test_part, args.captions, args.first_seed)
+        return
     prepared = t2i.prepare(args.caption)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     birds = [g.images[-1] for g in t2i.generate([prepared] * len(seeds), seeds)]
@@ -82,6 +98,47 @@ def main() -> None:
         heads = [to_pil(c).resize((2 * c.shape[-1],) * 2, Image.LANCZOS) for c in crops]
         save_palette_png(sheet_of(heads), args.heads)
         print(f"wrote {args.heads}")
+
+
+def test_part_faithfulness(t2i, reader, data: str, part: str, n: int, first_seed: int) -> None:
+    """One bird per test caption naming `part` (the first such caption of each test image), read by `reader`."""
+    import json
+    from pathlib import Path
+
+    from attngan.config import load_config
+    from trainer.data.dataset import TextImageDataset
+    from trainer.data.synth import named_by_words
+    from trainer.data.transforms import to_tensor
+
+    attrs = json.loads((Path(data) / "attributes.json").read_text())
+    attrs = attrs.get("images", attrs)
+    cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=64", f"TEXT.WORDS_NUM={t2i.bundle.config.words_num}"])
+    ds = TextImageDataset(data, "test", cfg, vocab=t2i.bundle.vocab, train=False)
+    picks: list[tuple[str, str]] = []  # (caption, named colour)
+    for i in range(len(ds)):
+        by_words = named_by_words(attrs[ds.keys[i]])
+        for caption in ds.captions(i):
+            words = tuple(ds.vocab.ixtoword[j] for j in caption)
+            if part in by_words.get(words, {}):
+                picks.append((" ".join(words), by_words[words][part]))
+                break
+        if len(picks) == n:
+            break
+    read_as: list[str] = []
+    for start in range(0, len(picks), 32):
+        chunk = picks[start:start + 32]
+        seeds = [first_seed + start + j for j in range(len(chunk))]
+        birds = [g.images[-1] for g in t2i.generate([t2i.prepare(c) for c, _ in chunk], seeds)]
+        read = reader(torch.stack([to_tensor(b) for b in birds]))[part].argmax(1).tolist()
+        read_as += [reader.parts[part][k] for k in read]
+    named = Counter(colour for _, colour in picks)
+    right = Counter(colour for (_, colour), got in zip(picks, read_as) if got == colour)
+    print(f"{part} on {len(picks)} test captions naming it ({t2i.version}): read as named on "
+          f"{100 * sum(right.values()) / len(picks):.1f}% (the commonest named colour is "
+          f"{100 * named.most_common(1)[0][1] / len(picks):.0f}% of them)")
+    for colour, count in named.most_common():
+        print(f"  named {colour:8s} {count:4d}: read as named {right[colour]:4d}")
+    print(f"  read as: {', '.join(f'{c} {k}' for c, k in Counter(read_as).most_common())}")
 
 
 def sheet_of(images: list[Image.Image]) -> Image.Image:

@@ -107,6 +107,9 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     if cfg.TRAIN.HEAD_D_CONDITIONAL and not _loss_weight(cfg, "HEAD_D_LOSS"):
         raise AttnGANError("TRAIN.HEAD_D_CONDITIONAL makes the head D read the caption: set TRAIN.HEAD_D_LOSS (its "
                            "weight) too")
+    if cfg.TRAIN.HEAD_D_WORDS and not cfg.TRAIN.HEAD_D_CONDITIONAL:
+        raise AttnGANError("TRAIN.HEAD_D_WORDS makes the head D's conditional head read the words: set "
+                           "TRAIN.HEAD_D_CONDITIONAL too")
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
@@ -240,13 +243,14 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         for d, o, s, o_state in zip(every_d, optsD, ckpt["netsD"], ckpt["optsD"]):
             if d is headD and _is_conditional(d) and "net.0.weight" in s:
                 carry_patch_into_conditional(d, o, s, o_state)  # TRAIN.HEAD_D_CONDITIONAL switched on mid-run
-                log.info("head D: the PatchGAN's weights carried into the conditional one; its sentence head is new")
+                log.info("head D: the PatchGAN's weights carried into the conditional one; its caption head is new")
                 continue
             try:
                 d.load_state_dict(s)
             except RuntimeError:
                 raise AttnGANError(f"{ckpt_path}'s discriminators do not fit this config (TRAIN.HEAD_D_CONDITIONAL "
-                                   "can be switched on mid-run, not off): resume with the run's own config") from None
+                                   "can be switched on mid-run, not off, and TRAIN.HEAD_D_WORDS with it, not later): "
+                                   "resume with the run's own config") from None
             o.load_state_dict(o_state)
         optG.load_state_dict(ckpt["optG"])
         start_epoch, step, skip = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["step_in_epoch"])
@@ -333,6 +337,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             if headD is not None:
                 with autocast(device, run.amp):
                     real_heads, fake_heads = head_crops(detail, reals[-1], fakes[-1])
+                head_cond = head_condition(headD, sent, words, mask)
 
             values: dict[str, float] = {}
             for i, (d, opt) in enumerate(zip(every_d, optsD)):
@@ -341,7 +346,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                     if d is patchD:  # last, on the last stage's images
                         errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], d_augment)
                     elif d is headD:
-                        errD = head_discriminator_loss(d, real_heads, fake_heads, sent, d_augment)
+                        errD = head_discriminator_loss(d, real_heads, fake_heads, head_cond, d_augment)
                     else:
                         errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, d_augment)
                 errD.backward()
@@ -357,7 +362,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 if patchD is not None:
                     errG_patch = losses.patch_generator_loss(patchD, fakes[-1], d_augment) * patch_weight
                 if headD is not None:
-                    errG_head = head_generator_loss(headD, fake_heads, sent, d_augment) * head_weight
+                    errG_head = head_generator_loss(headD, fake_heads, head_cond, d_augment) * head_weight
                 if reader is None:
                     regions, code = image_encoder(fakes[-1])
                 else:  # the last stage's trunk pass serves both the DAMSM and the part loss
@@ -444,18 +449,29 @@ def head_crop_size(image_size: int) -> int:
 
 def build_head_discriminator(cfg: Config, mc):
     """TRAIN.HEAD_D_LOSS's discriminator, or None when off: a PatchGAN (one logit per window, no caption), or with
-    TRAIN.HEAD_D_CONDITIONAL the same windows judged with and without the sentence, as the stages' Ds do."""
+    TRAIN.HEAD_D_CONDITIONAL the same windows judged with and without the sentence (TRAIN.HEAD_D_WORDS: the words), as
+    the stages' Ds do."""
     from attngan.model import ConditionalPatchDiscriminator, PatchDiscriminator
 
     if not cfg.TRAIN.HEAD_D_LOSS:
         return None
     if cfg.TRAIN.HEAD_D_CONDITIONAL:
-        return ConditionalPatchDiscriminator(2 * mc.df_dim, mc.embedding_dim)
+        return ConditionalPatchDiscriminator(2 * mc.df_dim, mc.embedding_dim, words=cfg.TRAIN.HEAD_D_WORDS)
     return PatchDiscriminator(2 * mc.df_dim)
 
 
 def _is_conditional(headD) -> bool:
     return hasattr(getattr(headD, "module", headD), "COND_DNET")
+
+
+def head_condition(headD, sent: torch.Tensor, words: torch.Tensor, mask: torch.Tensor):
+    """What the head D reads of the caption: the sentence vector (unread by a PatchGAN), or with TRAIN.HEAD_D_WORDS
+    the word features and their padding mask."""
+    from attngan.model import WordDLogits, Words
+
+    if isinstance(getattr(getattr(headD, "module", headD), "COND_DNET", None), WordDLogits):
+        return Words(words, mask)
+    return sent
 
 
 def carry_patch_into_conditional(headD, optD: torch.optim.Optimizer, patch_state: dict, patch_opt_state: dict
@@ -479,19 +495,19 @@ def carry_patch_into_conditional(headD, optD: torch.optim.Optimizer, patch_state
     optD.load_state_dict({"state": moments, "param_groups": optD.state_dict()["param_groups"]})
 
 
-def head_discriminator_loss(headD, real_heads: torch.Tensor, fake_heads: torch.Tensor, sent: torch.Tensor,
+def head_discriminator_loss(headD, real_heads: torch.Tensor, fake_heads: torch.Tensor, condition,
                             augment=None) -> torch.Tensor:
     """The head D's loss: the PatchGAN's, or a stage D's (real/fake with the caption, and real heads with the next
-    caption in the batch as mismatched pairs)."""
+    caption in the batch as mismatched pairs). `condition`: head_condition's."""
     if _is_conditional(headD):
-        return losses.discriminator_loss(headD, real_heads, fake_heads, sent, augment)[0]
+        return losses.discriminator_loss(headD, real_heads, fake_heads, condition, augment)[0]
     return losses.patch_discriminator_loss(headD, real_heads, fake_heads, augment)
 
 
-def head_generator_loss(headD, fake_heads: torch.Tensor, sent: torch.Tensor, augment=None) -> torch.Tensor:
+def head_generator_loss(headD, fake_heads: torch.Tensor, condition, augment=None) -> torch.Tensor:
     """G's side of the head D: every generated head should pass as real (and, conditional, as its caption's)."""
     if _is_conditional(headD):
-        return losses.generator_adversarial_loss([headD], [fake_heads], sent, augment)
+        return losses.generator_adversarial_loss([headD], [fake_heads], condition, augment)
     return losses.patch_generator_loss(headD, fake_heads, augment)
 
 

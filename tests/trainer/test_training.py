@@ -421,10 +421,21 @@ def test_head_discriminator_trains_on_heads_and_travels_in_the_checkpoint(birds,
                                  (tmp_path / "bad", cond + ["TRAIN.HEAD_D_LOSS=0"], "set TRAIN.HEAD_D_LOSS")]:
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + extra), str(birds), str(out))
-    # switched on mid-run: the PatchGAN run resumes with a conditional head D and trains on
-    train_gan(load_config(GAN_CFG, base + cond + ["TRAIN.MAX_STEPS=4"]), str(birds), str(run))
+    # TRAIN.HEAD_D_WORDS: its conditional head reads the caption's words; set from the start of the conditional head
+    words = cond + ["TRAIN.HEAD_D_WORDS=true"]
+    run_w = train_gan(load_config(GAN_CFG, base + words + ["TRAIN.MAX_STEPS=2"]), str(birds), str(tmp_path / "words"))
+    assert all(r["errD_head"] > 0 and r["errG_head"] > 0 for r in _metrics(run_w, "gan/train"))
+    head = torch.load(run_w / "Model" / "netD_head.pth", map_location="cpu", weights_only=True)
+    assert any(k.startswith("COND_DNET.attention.conv_context") for k in head)
+    for out, extra, expected in [(run_c, words + ["TRAIN.MAX_STEPS=4"], "TRAIN.HEAD_D_WORDS with it, not later"),
+                                 (tmp_path / "bad", ["TRAIN.HEAD_D_WORDS=true"], "set TRAIN.HEAD_D_CONDITIONAL")]:
+        with pytest.raises(AttnGANError, match=expected):
+            train_gan(load_config(GAN_CFG, base + extra), str(birds), str(out))
+    # switched on mid-run (as the default model's last stage, with the words): the PatchGAN run resumes with a
+    # word-conditional head D and trains on
+    train_gan(load_config(GAN_CFG, base + words + ["TRAIN.MAX_STEPS=4"]), str(birds), str(run))
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert ckpt["step"] == 4 and any(k.startswith("COND_DNET") for k in ckpt["netsD"][-1])
+    assert ckpt["step"] == 4 and any(k.startswith("COND_DNET.attention") for k in ckpt["netsD"][-1])
 
 
 def test_a_patchgan_head_d_carries_into_a_conditional_one():
@@ -478,3 +489,43 @@ def test_conditional_head_discriminator_reads_the_caption():
         assert head_generator_loss(conditional, fake, sent) != head_generator_loss(conditional, fake, other)
     cfg.TRAIN.HEAD_D_LOSS = 0
     assert build_head_discriminator(cfg, mc) is None
+
+
+def test_word_conditioned_head_discriminator_reads_the_words_not_the_sentence():
+    """TRAIN.HEAD_D_WORDS: each window attends over the caption's words. Its losses change with a word, not with the
+    sentence vector nor with the features at padded positions; the mismatched pairs slice words and mask together."""
+    from attngan.model import ModelConfig, Words
+    from trainer.gan import (
+        build_head_discriminator,
+        head_condition,
+        head_discriminator_loss,
+        head_generator_loss,
+    )
+
+    torch.manual_seed(0)
+    cfg = load_config(GAN_CFG, ["TRAIN.HEAD_D_LOSS=2", "TRAIN.HEAD_D_CONDITIONAL=true"])
+    mc = ModelConfig.from_config(cfg, 20)
+    sentence_d = build_head_discriminator(cfg, mc)
+    cfg.TRAIN.HEAD_D_WORDS = True
+    word_d = build_head_discriminator(cfg, mc)
+    real, fake = torch.rand(4, 3, 64, 64) * 2 - 1, torch.rand(4, 3, 64, 64) * 2 - 1
+    sent, other_sent = torch.randn(4, mc.embedding_dim), torch.randn(4, mc.embedding_dim)
+    words = torch.randn(4, mc.embedding_dim, 6)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[:, 4:] = True  # the last two positions are padding
+    assert head_condition(sentence_d, sent, words, mask) is sent
+    cond = head_condition(word_d, sent, words, mask)
+    assert isinstance(cond, Words) and cond[1:4].features.shape[0] == cond[1:4].mask.shape[0] == 3
+    assert head_condition(word_d, other_sent, words, mask).features is words  # the sentence is not read
+
+    changed_word, changed_padding = words.clone(), words.clone()
+    changed_word[:, :, 1] += 3.0
+    changed_padding[:, :, 5] += 3.0
+    with torch.no_grad():
+        windows = sentence_d.UNCOND_DNET(sentence_d(real)).numel()
+        assert word_d.COND_DNET(word_d(real), cond).numel() == windows
+        loss = head_discriminator_loss(word_d, real, fake, cond)
+        assert loss != head_discriminator_loss(word_d, real, fake, Words(changed_word, mask))
+        assert torch.allclose(loss, head_discriminator_loss(word_d, real, fake, Words(changed_padding, mask)))
+        g_loss = head_generator_loss(word_d, fake, cond)
+        assert g_loss != head_generator_loss(word_d, fake, Words(changed_word, mask))

@@ -11,14 +11,14 @@ Best of N (`candidates=N`): each caption is drawn N times (candidate 0 is the se
 k-th further draw from the same seeded stream) and the candidate whose DAMSM image code is closest to the
 caption's sentence vector is kept, the way DALL-E re-ranked its samples with CLIP. It costs N generator passes
 and needs a bundle with the DAMSM image encoder. Measured on the default model (models/README.md, "Best of N"):
-named attributes 85.9% -> 87.1% of 1,000 held-out captions at N=8.
+named attributes 85.7% -> 86.8% of 1,000 held-out captions at N=8.
 
 Truncation (`truncation=psi`, 0..1): z and the conditioning-augmentation noise are drawn at psi times their
 standard deviation, the GAN "truncation trick" that trades variety between seeds for images closer to what the
 caption asks (psi 1: the paper's sampling; 0: one image per caption, whatever the seed). It costs no time.
-Measured on the default model (models/README.md, "Truncation"): named attributes 85.9% -> 86.9% of 1,000
-held-out captions at psi 0.3 (the plain-recipe default: 71.1% -> 72.9% at 0.5, 73.4% at 0.3), and seed
-diversity 0.79 -> 0.36 of the data's.
+Measured on the default model (models/README.md, "Truncation"): named attributes 85.7% at psi 1 and at 0.3 of
+1,000 held-out captions, R-precision 83.8% -> 87.9%, seed diversity 0.78 -> 0.40 of the data's (its predecessor:
+85.9% -> 86.9%; the plain-recipe default: 71.1% -> 72.9% at 0.5, 73.4% at 0.3).
 """
 
 from __future__ import annotations

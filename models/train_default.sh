@@ -2,9 +2,10 @@
 # Reproduce the bundled default model (models/default/) from scratch: synthetic birds -> DAMSM -> AttnGAN
 # -> bundle -> evaluation report. `make train-default` runs this. Every step is resumable/idempotent: rerun
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
-# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 5 h of training in all (backbone
-# 6 min, DAMSM 25 min, detail backbone 7-11 min, GAN stage 1 2 h 31 min, stage 2 45 min, the head stage 64 min; this
-# machine ran up to ~1.7x faster on other days; models/README.md has each step's time).
+# Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 5 h 40 min of training in all (backbone
+# 6 min, DAMSM 25 min, detail backbone 7-11 min, GAN stage 1 2 h 31 min, stage 2 45 min, the head stage 64 min, its
+# conditional continuation 38 min; this machine ran up to ~1.7x faster on other days; models/README.md has each
+# step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,16 +68,29 @@ if [ ! "$STAGE2/manifest.json" -nt "$RUNS/default_AttnGAN/checkpoint.pt" ]; then
 fi
 "${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_head.yml --data-dir "$DATA" \
     --output-dir "$RUNS/default_AttnGAN_head" --set "$NET_E" --set "$PARTS" --set "$DETAILS" --init-from "$STAGE2"
-if [ ! "$BUNDLE/manifest.json" -nt "$RUNS/default_AttnGAN_head/checkpoint.pt" ]; then
-    "${ATTNGAN[@]}" export --run "$RUNS/default_AttnGAN_head" --out "$BUNDLE" --half
+
+# 6. The head stage read against the caption: a copy of stage 5's run, resumed from its step 4,000 to 6,000 with the
+#    head D reading the caption's words too (gan_head_cond.yml: TRAIN.HEAD_D_CONDITIONAL and TRAIN.HEAD_D_WORDS; the
+#    PatchGAN's weights carried into it): the eye becomes crisp, round and black. A copy, so that stage 5's run stays
+#    rerunnable as it is.
+HEAD_COND="$RUNS/default_AttnGAN_head_cond"
+if [ ! -d "$HEAD_COND" ]; then
+    rm -rf "$HEAD_COND.copying"
+    cp -r "$RUNS/default_AttnGAN_head" "$HEAD_COND.copying"
+    mv "$HEAD_COND.copying" "$HEAD_COND"
+fi
+"${ATTNGAN[@]}" train gan --cfg trainer/cfg/default/gan_head_cond.yml --data-dir "$DATA" \
+    --output-dir "$HEAD_COND" --set "$NET_E" --set "$PARTS" --set "$DETAILS"
+if [ ! "$BUNDLE/manifest.json" -nt "$HEAD_COND/checkpoint.pt" ]; then
+    "${ATTNGAN[@]}" export --run "$HEAD_COND" --out "$BUNDLE" --half
 fi
 
-# 6. evaluation report on the held-out (test-class) captions; redone only for a newer bundle
+# 7. evaluation report on the held-out (test-class) captions; redone only for a newer bundle
 if [ ! "$BUNDLE/eval/metrics.json" -nt "$BUNDLE/manifest.json" ]; then
     "${ATTNGAN[@]}" evaluate --bundle "$BUNDLE" --data "$DATA" --out "$BUNDLE/eval" --images "$EVAL_IMAGES" \
-        --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN" --logs "$RUNS/default_AttnGAN_head"
+        --logs "$RUNS/default_AttnGAN64" --logs "$RUNS/default_AttnGAN" --logs "$HEAD_COND"
 fi
 
-# 7. README pictures: docs/default_samples.png and docs/challenge_caption.png (the first hour's birds,
+# 8. README pictures: docs/default_samples.png and docs/challenge_caption.png (the first hour's birds,
 #    docs/first_hour_samples.png, come from a timed run of their own: models/first_hour.sh)
 "$PY" models/make_pictures.py --bundle "$BUNDLE" --docs docs

@@ -28,6 +28,7 @@ from PIL import Image
 
 
 def main() -> None:
+    from attngan.errors import AttnGANError
     from attngan.pipeline import TextToImage
     from attngan.render import save_palette_png, to_pil
     from trainer.backbone import load_detail_reader
@@ -69,7 +70,10 @@ def main() -> None:
         reader = load_detail_reader(args.backbone, min_accuracy=0.0).float().eval()
         if args.test_part not in reader.parts:
             ap.error(f"--test-part {args.test_part}: {args.backbone} reads {', '.join(reader.parts)}")
-        test_part_faithfulness(t2i, reader, args.data, args.test_part, args.captions, args.first_seed)
+        try:
+            test_part_faithfulness(t2i, reader, args.data, args.test_part, args.captions, args.first_seed)
+        except AttnGANError as exc:  # e.g. a data set without attributes.json: one line, not a traceback
+            ap.error(str(exc))
         return
     prepared = t2i.prepare(args.caption)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -102,16 +106,12 @@ def main() -> None:
 
 def test_part_faithfulness(t2i, reader, data: str, part: str, n: int, first_seed: int) -> None:
     """One bird per test caption naming `part` (the first such caption of each test image), read by `reader`."""
-    import json
-    from pathlib import Path
-
     from attngan.config import load_config
     from trainer.data.dataset import TextImageDataset
-    from trainer.data.synth import named_by_words
+    from trainer.data.synth import load_attributes, named_by_words
     from trainer.data.transforms import to_tensor
 
-    attrs = json.loads((Path(data) / "attributes.json").read_text())
-    attrs = attrs.get("images", attrs)
+    attrs = load_attributes(data)
     cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=64", f"TEXT.WORDS_NUM={t2i.bundle.config.words_num}"])
     ds = TextImageDataset(data, "test", cfg, vocab=t2i.bundle.vocab, train=False)
     picks: list[tuple[str, str]] = []  # (caption, named colour)

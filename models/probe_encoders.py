@@ -19,7 +19,6 @@ encoders' R-precision on the real test images (first caption of each, 99 mismatc
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     from attngan.bundle import load_bundle
     from trainer.checkpoint import load_weights
+    from trainer.data.synth import load_attributes
     from trainer.evaluate.rprecision import r_precision_hits, sample_mismatched
 
     bundle = load_bundle(args.bundle)
@@ -124,8 +124,7 @@ def main() -> None:
     text_encoder.eval()
     image_encoder.eval()
     data = Path(args.data)
-    attrs = json.loads((data / "attributes.json").read_text())
-    attrs = attrs.get("images", attrs)
+    attrs = load_attributes(data)
     words_num = args.words_num or bundle.config.words_num
     train = encode_split(data, "train", bundle, text_encoder, image_encoder, attrs, words_num)
     test = encode_split(data, "test", bundle, text_encoder, image_encoder, attrs, words_num)

@@ -4,7 +4,7 @@
 # the script after an interruption and it continues where it stopped (finished steps are skipped).
 # Measured on a 2-core CPU with native bf16 (AMD EPYC, AVX512-BF16): about 5 h 40 min of training in all (backbone
 # 6 min, DAMSM 25 min, detail backbone 7-11 min, GAN stage 1 2 h 31 min, stage 2 45 min, the head stage 64 min, its
-# conditional continuation 38 min; this machine ran up to ~1.7x faster on other days; models/README.md has each
+# conditional continuation 41 min; this machine ran up to ~1.7x faster on other days; models/README.md has each
 # step's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -69,6 +69,8 @@ class TrainConfig:
     DETAIL_BACKBONE: str = ""  # GAN, synthetic birds: an attention-pooled backbone (`attngan train backbone --size
     DETAIL_LOSS: float = 0.0  # 128 --pool attention`); its own trunk and readable heads read the last stage's image
     # at the file's size against what the caption names, with this weight (parts too small for IMAGE_BACKBONE); 0: off
+    DETAIL_PART_WEIGHTS: str = ""  # DETAIL_LOSS: factors on single parts' terms, e.g. 'eyering=4' (its cross-entropy
+    # counts 4 times; trainer.gan.detail_part_weights); '': every part once
     D_AUGMENT: str = ""  # GAN: DiffAugment of every image the discriminators see, e.g. 'translation,cutout'
     # (trainer.augment); '': none, as the original
     PATCH_D_LOSS: float = 0.0  # GAN: weight of G's term from a PatchGAN on the last stage's image (one logit per

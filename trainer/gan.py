@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -107,6 +108,9 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     if cfg.TRAIN.HEAD_D_CONDITIONAL and not _loss_weight(cfg, "HEAD_D_LOSS"):
         raise AttnGANError("TRAIN.HEAD_D_CONDITIONAL makes the head D read the caption: set TRAIN.HEAD_D_LOSS (its "
                            "weight) too")
+    if detail_part_weights(cfg) and not _loss_weight(cfg, "DETAIL_LOSS"):
+        raise AttnGANError("TRAIN.DETAIL_PART_WEIGHTS weighs parts of the detail loss: set TRAIN.DETAIL_LOSS and "
+                           "TRAIN.DETAIL_BACKBONE too")
     if cfg.TRAIN.HEAD_D_WORDS and not cfg.TRAIN.HEAD_D_CONDITIONAL:
         raise AttnGANError("TRAIN.HEAD_D_WORDS makes the head D's conditional head read the words: set "
                            "TRAIN.HEAD_D_CONDITIONAL too")
@@ -156,6 +160,11 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     columns = {p: i for i, p in enumerate(part_values)}  # each reader's parts as columns of batch.parts
     reader_cols = None if reader is None else [columns[p] for p in reader.parts]
     detail_cols = None if detail is None else [columns[p] for p in detail.parts]
+    detail_weights = None
+    if detail is not None and cfg.TRAIN.DETAIL_PART_WEIGHTS:
+        factors = detail_part_weights(cfg, detail.parts)
+        detail_weights = [factors.get(p, 1.0) for p in detail.parts]
+        log.info("detail loss part weights: %s", ", ".join(f"{p} x{w:g}" for p, w in factors.items()))
     vocab = train_set.vocab
     n_words = text_encoder.encoder.weight.shape[0]
     if len(vocab) != n_words:
@@ -386,7 +395,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 total_g = total_g + errG_head
             if detail is not None:
                 with autocast(device, run.amp):
-                    d_loss = losses.part_loss(detail(fakes[-1]), batch.parts[:, detail_cols]) * cfg.TRAIN.DETAIL_LOSS
+                    d_loss = losses.part_loss(detail(fakes[-1]), batch.parts[:, detail_cols],
+                                              weights=detail_weights) * cfg.TRAIN.DETAIL_LOSS
                 total_g = total_g + d_loss
             total_g.backward()
             average_gradients(netG.parameters(), info)
@@ -530,6 +540,29 @@ def _loss_weight(cfg: Config, key: str) -> float:
     if weight < 0 or not math.isfinite(weight):
         raise AttnGANError(f"TRAIN.{key} must be 0 (off) or positive, got {weight}")
     return weight
+
+
+def detail_part_weights(cfg: Config, parts: Iterable[str] | None = None) -> dict[str, float]:
+    """TRAIN.DETAIL_PART_WEIGHTS as {part: factor} ('eyering=4,bill=2'); one line when it is malformed, a factor is
+    negative, or (given the detail reader's `parts`) it names a part the reader does not read."""
+    text = cfg.TRAIN.DETAIL_PART_WEIGHTS.strip()
+    factors: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            factor = float(value) if sep and name.strip() else -1.0
+        except ValueError:
+            factor = -1.0
+        if not (factor >= 0 and math.isfinite(factor)):
+            raise AttnGANError(f"TRAIN.DETAIL_PART_WEIGHTS: {item!r} must look like PART=FACTOR with FACTOR >= 0, "
+                               "e.g. 'eyering=4'")
+        factors[name.strip()] = factor
+    if parts is not None:
+        unread = [p for p in factors if p not in parts]
+        if unread:
+            raise AttnGANError(f"TRAIN.DETAIL_PART_WEIGHTS names {unread[0]!r}, which the detail reader does not "
+                               f"read; it reads {', '.join(parts)}")
+    return factors
 
 
 def _part_reader(cfg: Config, ckpt: dict | None, image_encoder):

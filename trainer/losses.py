@@ -185,11 +185,14 @@ def kl_loss(mu: Tensor, logvar: Tensor) -> Tensor:
     return torch.mean(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()))
 
 
-def part_loss(logits: dict[str, Tensor], labels: Tensor, ignore_index: int = -100) -> Tensor:
+def part_loss(logits: dict[str, Tensor], labels: Tensor, ignore_index: int = -100,
+              weights: list[float] | None = None) -> Tensor:
     """Ours (TRAIN.PART_LOSS): mean cross-entropy of a frozen part reader's logits ({part: B x values}, in the
     column order of `labels`) against the values the caption names (B x P, `ignore_index` for a part it does not
-    name), averaged over the named entries; 0 when the batch names none."""
+    name), averaged over the named entries; 0 when the batch names none. `weights` (one per column,
+    TRAIN.DETAIL_PART_WEIGHTS) multiplies each part's terms; the average still counts each named entry once."""
     total = labels.new_zeros((), dtype=torch.float32)
     for i, out in enumerate(logits.values()):
-        total = total + F.cross_entropy(out.float(), labels[:, i], ignore_index=ignore_index, reduction="sum")
+        term = F.cross_entropy(out.float(), labels[:, i], ignore_index=ignore_index, reduction="sum")
+        total = total + (term if weights is None else term * weights[i])
     return total / (labels != ignore_index).sum().clamp(min=1)

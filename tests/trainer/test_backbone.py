@@ -219,6 +219,16 @@ def test_part_loss_pulls_an_image_towards_the_named_values(backbone):
         for part, value in wanted.items():
             assert reader.parts[part][int(logits[part][row].argmax())] == value, (part, value)
     assert losses.part_loss(logits, torch.full_like(labels, fz.IGNORE)).item() == 0.0  # nothing named
+    # TRAIN.DETAIL_PART_WEIGHTS: a factor multiplies one part's terms; the mean still counts each named entry once
+    ones = losses.part_loss(logits, labels, weights=[1.0] * len(reader.parts))
+    assert torch.equal(ones, losses.part_loss(logits, labels))
+    crown = list(reader.parts).index("crown")
+    only_crown = torch.full_like(labels, fz.IGNORE)
+    only_crown[:, crown] = labels[:, crown]
+    crown_sum = losses.part_loss(logits, only_crown) * (only_crown != fz.IGNORE).sum()
+    weights = [4.0 if i == crown else 1.0 for i in range(len(reader.parts))]
+    expected = ones + 3 * crown_sum / (labels != fz.IGNORE).sum()
+    assert torch.allclose(losses.part_loss(logits, labels, weights=weights), expected)
 
 
 def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_their_inputs(birds, backbone, tmp_path,
@@ -258,12 +268,13 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
     assert set(ckpt["detail_values"]) == readable and ckpt["detail_size"] == 64
     assert ckpt["detail_pool"] == "attention" and ckpt["detail_reader"]["where.weight"].shape[0] == len(readable)
     assert {f"heads.{p}.weight" for p in readable} | {"encoder.trunk.0.0.weight"} <= set(ckpt["detail_reader"])
-    # resumes from its checkpoint even when the backbone file has gone
+    # resumes from its checkpoint even when the backbone file has gone, here with one part's detail term weighed up
     moved = path.with_name("moved.safetensors")
     path.rename(moved)
     detail_path.rename(tmp_path / "detail_moved.safetensors")
+    weighed = f"TRAIN.DETAIL_PART_WEIGHTS={min(readable)}=4"
     try:
-        train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44"]), str(birds), str(tmp_path / "gan"))
+        train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44", weighed]), str(birds), str(tmp_path / "gan"))
     finally:
         moved.rename(path)
     assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 44
@@ -276,7 +287,11 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
                             (["TRAIN.DETAIL_BACKBONE="], "set TRAIN.DETAIL_BACKBONE"),
                             ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'none.safetensors'}"], "DETAIL_BACKBONE .* does not exist"),
                             ([f"TRAIN.IMAGE_BACKBONE={tmp_path / 'detail_moved.safetensors'}"], "goes in TRAIN.DETAIL"),
-                            (["TRAIN.DETAIL_LOSS=-1"], "DETAIL_LOSS must be")]:
+                            (["TRAIN.DETAIL_LOSS=-1"], "DETAIL_LOSS must be"),
+                            (["TRAIN.DETAIL_PART_WEIGHTS=eyering"], "must look like PART=FACTOR"),
+                            ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'detail_moved.safetensors'}", "TRAIN.DETAIL_PART_WEIGHTS=nape=2"],
+                             "'nape', which the detail reader does not read"),
+                            (["TRAIN.DETAIL_LOSS=0", "TRAIN.DETAIL_PART_WEIGHTS=crown=2"], "set TRAIN.DETAIL_LOSS")]:
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2"] + extra), str(birds), str(tmp_path / "bad"))
 

@@ -545,18 +545,17 @@ def _loss_weight(cfg: Config, key: str) -> float:
 def detail_part_weights(cfg: Config, parts: Iterable[str] | None = None) -> dict[str, float]:
     """TRAIN.DETAIL_PART_WEIGHTS as {part: factor} ('eyering=4,bill=2'); one line when it is malformed, a factor is
     negative, or (given the detail reader's `parts`) it names a part the reader does not read."""
-    text = cfg.TRAIN.DETAIL_PART_WEIGHTS.strip()
     factors: dict[str, float] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, value = item.partition("=")
+    for item in filter(None, (t.strip() for t in cfg.TRAIN.DETAIL_PART_WEIGHTS.split(","))):
+        name, _, value = (t.strip() for t in item.partition("="))
         try:
-            factor = float(value) if sep and name.strip() else -1.0
+            factor = float(value)  # '' (no '=') and words raise; nan and inf fail the check below
         except ValueError:
-            factor = -1.0
-        if not (factor >= 0 and math.isfinite(factor)):
+            factor = math.nan
+        if not name or not (factor >= 0 and math.isfinite(factor)):
             raise AttnGANError(f"TRAIN.DETAIL_PART_WEIGHTS: {item!r} must look like PART=FACTOR with FACTOR >= 0, "
                                "e.g. 'eyering=4'")
-        factors[name.strip()] = factor
+        factors[name] = factor
     if parts is not None:
         unread = [p for p in factors if p not in parts]
         if unread:

@@ -15,6 +15,11 @@ colour is drawn. A reader's verdict is not a picture: --sheet writes the 256 px 
 Does the part follow its caption in general, not just in this one? `--test-part eyering --data data/default` draws
 one bird for each test caption that names the part (the first such caption of each test image, seed first-seed + i,
 at most --captions) and prints how often the reader reads the named colour, against the share of the commonest.
+
+Is the black disc at the eye as wide as a black ring round a black eye, or as a bare eye? `--disc` (with
+--backbone, which finds the eye, and --data) measures it in pixels (trainer.evaluate.eye_disc) on the birds and on
+the data set's test images with a black eye, with and without a black ring; with --test-part eyering, per named
+colour.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def main() -> None:
                                                         "caption that names it, against the named colour")
     ap.add_argument("--data", help="the synthetic data set whose test captions --test-part draws")
     ap.add_argument("--captions", type=int, default=1000, help="--test-part: at most this many captions")
+    ap.add_argument("--disc", action="store_true", help="with --backbone and --data: the black disc at each eye, in "
+                                                        "pixels, against real test images with and without a ring")
     ap.add_argument("--truth", default="", metavar="PART=VALUE,...",
                     help="the sheet's first row: 8 birds drawn by the data set's own renderer with these parts "
                          "(the rest of each a random species'): what the caption asks for, to compare with")
@@ -59,6 +66,9 @@ def main() -> None:
         ap.error("--heads finds each head with the reader: give --backbone too")
     if args.test_part and not (args.backbone and args.data):
         ap.error("--test-part reads the birds against their captions: give --backbone and --data too")
+    if args.disc and not (args.backbone and args.data):
+        ap.error("--disc finds the eye with the reader and compares with the data set's images: give --backbone "
+                 "and --data too")
     truth_parts = dict(kv.partition("=")[::2] for kv in args.truth.split(",") if kv)
     for part, value in truth_parts.items():
         if value not in ATTRIBUTE_VALUES.get(part, ()):
@@ -71,7 +81,8 @@ def main() -> None:
         if args.test_part not in reader.parts:
             ap.error(f"--test-part {args.test_part}: {args.backbone} reads {', '.join(reader.parts)}")
         try:
-            test_part_faithfulness(t2i, reader, args.data, args.test_part, args.captions, args.first_seed)
+            sizes = print_real_discs(reader, args.data) if args.disc else None
+            test_part_faithfulness(t2i, reader, args.data, args.test_part, args.captions, args.first_seed, sizes)
         except AttnGANError as exc:  # e.g. a data set without attributes.json: one line, not a traceback
             ap.error(str(exc))
         return
@@ -91,6 +102,17 @@ def main() -> None:
             print(f"  {part:12s} {counts}")
             for colour in dict.fromkeys(read_as):  # which seeds to look at for each verdict
                 print(f"  {'':12s} {colour}: seeds {[s for s, c in zip(seeds, read_as) if c == colour]}")
+        if args.disc:
+            try:
+                ring, bare = print_real_discs(reader, args.data)
+            except AttnGANError as exc:
+                ap.error(str(exc))
+            discs = eye_discs(reader, torch.stack([to_tensor(b) for b in birds]))
+            kinds = [disc_kind(d, (ring, bare)) for d in discs]
+            print(f"  eye disc     median {median([r for r, _ in discs]):.1f} px; round and nearer {ring:.1f} than "
+                  f"{bare:.1f} (ring-sized) on {kinds.count('ring')}, nearer {bare:.1f} (eye-sized) on "
+                  f"{kinds.count('eye')}, not round on {kinds.count('not round')} of {len(seeds)}")
+            print(f"  {'':12s} per seed {[round(r, 1) for r, _ in discs]}")
     truth = rendered(truth_parts, birds[0].size[0], args.first_seed) if truth_parts else []
     if args.sheet:
         save_palette_png(sheet_of(truth + birds), args.sheet)
@@ -104,40 +126,109 @@ def main() -> None:
         print(f"wrote {args.heads}")
 
 
-def test_part_faithfulness(t2i, reader, data: str, part: str, n: int, first_seed: int) -> None:
-    """One bird per test caption naming `part` (the first such caption of each test image), read by `reader`."""
+def eye_discs(reader, images: torch.Tensor) -> list[tuple[float, bool]]:
+    """(radius in pixels, round) of the black disc at each image's eye (found by the reader)."""
+    from trainer.evaluate.eye_disc import measure_disc
+
+    centres = reader.attention_centres(images, "eyering").tolist()
+    pixels = ((images.float().permute(0, 2, 3, 1) + 1) * 127.5).numpy()
+    return [measure_disc(image, tuple(centre)) for image, centre in zip(pixels, centres)]
+
+
+def disc_kind(disc: tuple[float, bool], sizes: tuple[float, float]) -> str:
+    """'ring' (round, nearer the real black-ring disc's radius), 'eye' (nearer the bare eye's), or 'not round'."""
+    (radius, round_), (ring, bare) = disc, sizes
+    if abs(radius - ring) >= abs(radius - bare):
+        return "eye"
+    return "ring" if round_ else "not round"
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else float("nan")
+
+
+def print_real_discs(reader, data: str, n: int = 64) -> tuple[float, float]:
+    """The eye disc on up to `n` test images with a black eye, per eye ring (black / none / another colour), as the
+    generator is trained on them (256 px, centre crop); returns the medians with a black ring and with none."""
+    from attngan.config import load_config
+    from trainer.data.dataset import TextImageDataset
+    from trainer.data.synth import load_attributes
+
+    attrs = load_attributes(data)
+    ds = TextImageDataset(data, "test", load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=256"]), train=False)
+    groups: dict[str, list[int]] = {"a black ring": [], "no ring": [], "another ring colour": []}
+    for i, key in enumerate(ds.keys):
+        part = attrs.get(key, {}).get("attributes", {})
+        if part.get("eye") == "black":
+            ring = part.get("eyering")
+            group = groups["a black ring" if ring == "black" else "no ring" if ring == "none" else "another ring colour"]
+            if len(group) < n:
+                group.append(i)
+    discs = {name: eye_discs(reader, torch.stack([ds.images(i)[-1] for i in idx])) if idx else []
+             for name, idx in groups.items()}
+    out = {name: median([r for r, _ in found]) for name, found in discs.items()}
+    for name, found in discs.items():  # the instrument on known answers: how it sorts the real discs
+        kinds = Counter(disc_kind(d, (out["a black ring"], out["no ring"])) for d in found)
+        print(f"  real eye disc, black eye with {name:19s} median {out[name]:.1f} px over {len(found)} test images: "
+              f"ring-sized {kinds['ring']}, eye-sized {kinds['eye']}, not round {kinds['not round']}")
+    return out["a black ring"], out["no ring"]
+
+
+def test_part_faithfulness(t2i, reader, data: str, part: str, n: int, first_seed: int,
+                           disc: tuple[float, float] | None = None) -> None:
+    """One bird per test caption naming `part` (the first such caption of each test image), read by `reader`;
+    `disc` (the real discs' medians with a black ring and with none): also the black disc at each bird's eye, per
+    named colour."""
     from attngan.config import load_config
     from trainer.data.dataset import TextImageDataset
     from trainer.data.synth import load_attributes, named_by_words
     from trainer.data.transforms import to_tensor
 
     attrs = load_attributes(data)
-    cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=64", f"TEXT.WORDS_NUM={t2i.bundle.config.words_num}"])
+    cfg = load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=256", f"TEXT.WORDS_NUM={t2i.bundle.config.words_num}"])
     ds = TextImageDataset(data, "test", cfg, vocab=t2i.bundle.vocab, train=False)
     picks: list[tuple[str, str]] = []  # (caption, named colour)
+    images: list[int] = []  # the test image of each
+    black_eye: list[bool] = []  # whether that image's eye is black (then a black ring makes one wider disc)
     for i in range(len(ds)):
         by_words = named_by_words(attrs[ds.keys[i]])
         for caption in ds.captions(i):
             words = tuple(ds.vocab.ixtoword[j] for j in caption)
             if part in by_words.get(words, {}):
                 picks.append((" ".join(words), by_words[words][part]))
+                images.append(i)
+                black_eye.append(attrs[ds.keys[i]].get("attributes", {}).get("eye") == "black")
                 break
         if len(picks) == n:
             break
     read_as: list[str] = []
+    discs: list[tuple[float, bool]] = []
+    real_radii: list[float] = []
     for start in range(0, len(picks), 32):
         chunk = picks[start:start + 32]
         seeds = [first_seed + start + j for j in range(len(chunk))]
-        birds = [g.images[-1] for g in t2i.generate([t2i.prepare(c) for c, _ in chunk], seeds)]
-        read = reader(torch.stack([to_tensor(b) for b in birds]))[part].argmax(1).tolist()
+        birds = torch.stack([to_tensor(g.images[-1])
+                             for g in t2i.generate([t2i.prepare(c) for c, _ in chunk], seeds)])
+        read = reader(birds)[part].argmax(1).tolist()
         read_as += [reader.parts[part][k] for k in read]
+        if disc is not None:
+            discs += eye_discs(reader, birds)
+            real_radii += [r for r, _ in eye_discs(reader, torch.stack([ds.images(i)[-1]
+                                                                          for i in images[start:start + 32]]))]
     named = Counter(colour for _, colour in picks)
     right = Counter(colour for (_, colour), got in zip(picks, read_as) if got == colour)
     print(f"{part} on {len(picks)} test captions naming it ({t2i.version}): read as named on "
           f"{100 * sum(right.values()) / len(picks):.1f}% (the commonest named colour is "
           f"{100 * named.most_common(1)[0][1] / len(picks):.0f}% of them)")
     for colour, count in named.most_common():
-        print(f"  named {colour:8s} {count:4d}: read as named {right[colour]:4d}")
+        line = ""
+        if disc is not None:  # where the test image's eye is black: the generated bird's disc against the image's
+            pick = [k for k, (_, c) in enumerate(picks) if c == colour and black_eye[k]]
+            kinds = Counter(disc_kind(discs[k], disc) for k in pick)
+            line = (f"; {len(pick)} with a black eye: eye disc median {median([discs[k][0] for k in pick]):.1f} px "
+                    f"(their test images' {median([real_radii[k] for k in pick]):.1f}), ring-sized {kinds['ring']}, "
+                    f"not round {kinds['not round']}")
+        print(f"  named {colour:8s} {count:4d}: read as named {right[colour]:4d}{line}")
     print(f"  read as: {', '.join(f'{c} {k}' for c, k in Counter(read_as).most_common())}")
 
 

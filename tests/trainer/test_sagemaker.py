@@ -93,6 +93,18 @@ def test_sagemaker_failure_file_and_multinode_plan(birds, tmp_path):
     assert "TRAIN.MAX_EPOCH=2" in cmd and "TRAIN.BATCH_SIZE=8" in cmd
 
 
+def test_sagemaker_overrides_keep_commas_inside_a_value(birds, tmp_path):
+    """Overrides are separated by spaces or commas, but a comma inside a value (per-part weights) stays in it."""
+    from trainer.sagemaker import read_job
+
+    hp = {"config": "default", "set": "TRAIN.BATCH_SIZE=8 , WORKERS=0",
+          "gan_set": "TRAIN.DETAIL_PART_WEIGHTS=eyering=4,bill_shape=2,TRAIN.HEAD_D_LOSS=2 GAN.R_NUM=1"}
+    job = read_job(_opt_ml(tmp_path, birds, hp))
+    assert job.gan_set[:5] == ["TRAIN.BATCH_SIZE=8", "WORKERS=0", "TRAIN.DETAIL_PART_WEIGHTS=eyering=4,bill_shape=2",
+                               "TRAIN.HEAD_D_LOSS=2", "GAN.R_NUM=1"]
+    assert job.damsm_set[:2] == ["TRAIN.BATCH_SIZE=8", "WORKERS=0"]
+
+
 def test_sagemaker_detail_backbone_follows_the_configs(birds, tmp_path):
     """The default preset's GAN runs read their birds with a detail backbone, so the job trains one; a job whose
     runs do not (DETAIL_LOSS 0), or that names its own file, trains none."""

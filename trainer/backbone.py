@@ -99,7 +99,7 @@ def trunk_state(encoder: ImageEncoder) -> dict[str, torch.Tensor]:
 
 def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, size: int = 128, seed: int = 0,
                    held_out: int = 1000, batch_size: int = 64, progress: bool = True, pool: str = "mean",
-                   parts: list[str] | None = None, device: str = "auto") -> dict[str, Any]:
+                   parts: list[str] | None = None, device: str = "auto", thin_rims: float = 0.0) -> dict[str, Any]:
     """Render, train, judge on held-out renders, write `out` (safetensors); returns the metadata written.
     `device` auto trains on the GPU when there is one (rendering stays on the CPU).
     `pool` "attention" makes a detail backbone (TRAIN.DETAIL_BACKBONE) rather than DAMSM's; `parts` limits the
@@ -108,6 +108,8 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     from trainer.evaluate import faithfulness as fz
     from trainer.evaluate.run import resolve_device
 
+    if not 0.0 <= thin_rims <= 1.0:
+        raise AttnGANError(f"--thin-rims is a share of the eye rings, from 0 to 1, got {thin_rims}")
     if renders < batch_size:
         raise AttnGANError(f"--renders must be at least the batch size ({batch_size}), got {renders}")
     if epochs < 1:
@@ -122,7 +124,7 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items() if not parts or p in parts}
     t0 = time.perf_counter()
     images, records = fz.render_set(renders, seed, size=size, progress=progress, desc="backbone: renders",
-                                    dtype=torch.float16)  # fit_attributes reads batches as float32
+                                    dtype=torch.float16, thin_rims=thin_rims)  # fit_attributes reads float32
     val_images, val_records = fz.render_set(held_out, seed + 1, size=size, progress=progress,
                                             desc="backbone: held-out renders")
     log.info("backbone: %d + %d renders at %d px in %.0f s", renders, held_out, size, time.perf_counter() - t0)
@@ -137,7 +139,7 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
     model.cpu()
     meta = {"format": BACKBONE_FORMAT, "version": 1, "size": size, "renders": renders,
             "parts": parts, "pool": pool,
-            "epochs": epochs, "seed": seed, "train_seconds": round(train_seconds, 1),
+            "epochs": epochs, "seed": seed, "thin_rims": thin_rims, "train_seconds": round(train_seconds, 1),
             "held_out_renders": held_out, "held_out_accuracy": round(acc["accuracy"], 4),
             "held_out_per_part": {p: round(v, 4) for p, v in acc["per_part"].items()}}
     save_backbone(model, meta, out)

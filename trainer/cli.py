@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
                           "attention over the trunk's map (attention: a TRAIN.DETAIL_BACKBONE for small parts)")
     backbone.add_argument("--parts", default="", help="comma-separated parts to learn (default: all)")
     backbone.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda[:N]")
+    backbone.add_argument("--thin-rims", type=float, default=0.0, metavar="SHARE",
+                          help="draw that share of the eye rings as thin rims labelled 'none', so the reader counts "
+                          "a ring only at its full width (default 0)")
     backbone.set_defaults(func=_train_backbone)
     train.set_defaults(func=lambda args: (train.print_help(), 2)[1])
 
@@ -77,7 +80,7 @@ def _train_backbone(args: argparse.Namespace) -> int:
 
     meta = train_backbone(args.out, renders=args.renders, epochs=args.epochs, size=args.size, seed=args.seed,
                           pool=args.pool, parts=[p for p in args.parts.split(",") if p] or None,
-                          device=args.device)
+                          device=args.device, thin_rims=args.thin_rims)
     print(f"{args.out}: {100 * meta['held_out_accuracy']:.1f}% of parts right on {meta['held_out_renders']} "
           "held-out renders")
     return 0

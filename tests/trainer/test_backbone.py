@@ -392,3 +392,12 @@ def test_attention_centres_are_where_a_part_looks():
     mean_pooled = PartHeads({"eyering": ["none", "black"]}, size=64, pool="mean")
     with pytest.raises(AttnGANError, match="no attention for 'eyering'"):
         mean_pooled.attention_centres(images, "eyering")
+
+
+def test_thin_rims_must_be_a_share(tmp_path):
+    from trainer.backbone import train_backbone
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(AttnGANError, match="--thin-rims is a share"):
+            train_backbone(tmp_path / "x.safetensors", thin_rims=bad)
+    assert not (tmp_path / "x.safetensors").exists()

@@ -223,8 +223,13 @@ def _bill(shape: str, length: str, r: float) -> list[tuple[float, float]]:
     return [(-0.1 * r, h), (L, 0.0), (-0.1 * r, -h)]
 
 
-def _draw_bird(img: Image.Image, attrs: dict[str, str], rng: np.random.Generator) -> tuple[float, float, float, float]:
-    """Draw a perched bird with `attrs`; returns its bounding box (x, y, w, h) in pixels."""
+RING_RADIUS, EYE_RADIUS = 0.36, 0.2  # in head radii: a black ring round a black eye is one disc 1.8x a bare eye's
+
+
+def _draw_bird(img: Image.Image, attrs: dict[str, str], rng: np.random.Generator, ring: float = RING_RADIUS,
+               ) -> tuple[float, float, float, float]:
+    """Draw a perched bird with `attrs` (`ring`: the eye ring's radius in head radii); returns its bounding box
+    (x, y, w, h) in pixels."""
     size = img.size[0]
     d = ImageDraw.Draw(img)
     col = {part: _jitter(COLOUR_RGB[attrs[part]], rng) for part in COLOUR_PARTS}
@@ -275,7 +280,7 @@ def _draw_bird(img: Image.Image, attrs: dict[str, str], rng: np.random.Generator
     crown = _arc(hx, hy, head_r, head_r, -4, 184, 20)
     nape = [*_arc(hx, hy, head_r, head_r, 110, 215, 8), *_arc(0, 0, 1.0, 0.62, 38, 78, 6)]
     ex, ey = hx + 0.2 * head_r, hy + 0.02 * head_r
-    ring_r, eye_r = 0.36 * head_r, 0.2 * head_r
+    ring_r, eye_r = ring * head_r, EYE_RADIUS * head_r
     ba = math.radians(bill_dir)
     bx, by = hx + head_r * math.cos(ba) * 0.96, hy + head_r * math.sin(ba) * 0.96
     bill = [(bx + x * math.cos(ba) - y * math.sin(ba), by + x * math.sin(ba) + y * math.cos(ba))
@@ -329,13 +334,13 @@ def render_bird(attributes: dict[str, str], size: int = 256, rng: np.random.Gene
     return img
 
 
-def _render(attributes: dict[str, str], size: int, rng: np.random.Generator,
+def _render(attributes: dict[str, str], size: int, rng: np.random.Generator, ring: float = RING_RADIUS,
             ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     for part, values in ATTRIBUTE_VALUES.items():
         if attributes.get(part) not in values:
             raise AttnGANError(f"bird attribute {part} must be one of {values}, got {attributes.get(part)!r}")
     img = _background(size, rng)
-    bbox = _draw_bird(img, attributes, rng)
+    bbox = _draw_bird(img, attributes, rng, ring)
     return img, bbox
 
 

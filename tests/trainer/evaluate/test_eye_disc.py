@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from trainer.data import synth
 from trainer.data.synth import COLOUR_RGB, render_bird
 from trainer.evaluate.eye_disc import measure_disc
+from trainer.evaluate.faithfulness import THIN_RIM
 
 
 @pytest.mark.parametrize("radius", [4, 6, 11])
@@ -54,3 +56,21 @@ def test_a_black_ring_round_a_black_eye_measures_as_the_ring():
         assert ring >= 7.5  # 0.36 x 0.52 x (0.17-0.21) x 256 = 8.1-10.1 px
         ratios.append(ring / eye)
     assert 1.55 <= float(np.median(ratios)) <= 2.05
+
+
+def test_a_thin_black_rim_measures_as_an_eye_not_a_ring():
+    """What `render_set(thin_rims=)` draws for readers to call 'none': a black rim a quarter of the ring's width is
+    nearer a bare eye than a ring round it."""
+    parts = {"crown": "yellow", "nape": "yellow", "throat": "white", "back": "green", "wing": "green",
+             "wingbar": "none", "breast": "buff", "belly": "white", "tail": "green", "bill_color": "orange",
+             "bill_shape": "cone", "bill_length": "short", "eye": "black", "leg": "grey", "eyering": "black"}
+    def draw(ring: float, seed: int) -> np.ndarray:
+        return np.asarray(synth._render(parts, 256, np.random.default_rng(seed), ring)[0])
+
+    for seed in range(4):
+        full, thin = draw(synth.RING_RADIUS, seed), draw(THIN_RIM, seed)
+        ys, xs = np.nonzero((full != thin).any(-1))  # between the thin rim and the full ring
+        centre = (float(xs.mean()), float(ys.mean()))
+        ring, eye = measure_disc(full, centre)[0], measure_disc(thin, centre)[0]
+        ring_px = ring / synth.RING_RADIUS  # the head radius in pixels, from the full ring
+        assert abs(eye - synth.EYE_RADIUS * ring_px) < abs(eye - ring)

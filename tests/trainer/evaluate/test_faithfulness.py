@@ -34,6 +34,16 @@ def test_render_set_is_deterministic_and_loader_shaped():
     assert not torch.equal(fa.render_set(1, seed=6)[0][0], x[0])
 
 
+def test_thin_rims_are_labelled_none_and_off_changes_nothing():
+    x, recs = fa.render_set(6, seed=5)
+    x0, recs0 = fa.render_set(6, seed=5, thin_rims=0.0)
+    assert torch.equal(x, x0) and recs == recs0  # the option off draws nothing more: the same renders
+    thin, thin_recs = fa.render_set(6, seed=5, thin_rims=1.0)
+    assert all(r["eyering"] == "none" for r in thin_recs) and any(r["eyering"] != "none" for r in recs)
+    assert not torch.equal(thin, x)
+    assert [{**r, "eyering": "none"} for r in recs[:1]] == thin_recs[:1]  # sampled as before, only relabelled
+
+
 def test_augment_keeps_shape_range_and_is_seeded():
     x, _ = fa.render_set(4, seed=1)
     a = fa.augment(x.clone(), torch.Generator().manual_seed(0))

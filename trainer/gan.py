@@ -595,6 +595,8 @@ def _detail_reader(cfg: Config, ckpt: dict | None):
     if ckpt is not None and "detail_reader" in ckpt:
         detail = PartHeads(ckpt["detail_values"], int(ckpt["detail_size"]), ckpt.get("detail_pool", "mean"))
         detail.load_state_dict(ckpt["detail_reader"])
+        log.info("detail loss x%g: the run's own reader from its checkpoint (%d parts); TRAIN.DETAIL_BACKBONE is read "
+                 "only when a run starts, so a resumed run keeps its loss", weight, len(detail.parts))
         return detail
     if not cfg.TRAIN.DETAIL_BACKBONE:
         raise AttnGANError("TRAIN.DETAIL_LOSS reads the largest generated image with a detail backbone: set "

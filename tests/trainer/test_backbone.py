@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 
 import pytest
@@ -232,7 +233,7 @@ def test_part_loss_pulls_an_image_towards_the_named_values(backbone):
 
 
 def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_their_inputs(birds, backbone, tmp_path,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, caplog):
     """TRAIN.PART_LOSS in the GAN: the backbone's part heads read every stage's image against what the caption
     names (logged as p_loss); TRAIN.DETAIL_LOSS: a backbone file's own trunk and heads read the last stage's image
     (d_loss). Both travel in the checkpoint, and their misuses are one line each. What they do to a generator at
@@ -274,10 +275,14 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
     detail_path.rename(tmp_path / "detail_moved.safetensors")
     weighed = f"TRAIN.DETAIL_PART_WEIGHTS={min(readable)}=4"
     try:
-        train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44", weighed]), str(birds), str(tmp_path / "gan"))
+        logging.getLogger("trainer").addHandler(caplog.handler)  # the trainer's logger does not propagate
+        with caplog.at_level(logging.INFO, logger="trainer"):
+            train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44", weighed]), str(birds), str(tmp_path / "gan"))
     finally:
+        logging.getLogger("trainer").removeHandler(caplog.handler)
         moved.rename(path)
     assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 44
+    assert "the run's own reader from its checkpoint" in caplog.text  # says why a new DETAIL_BACKBONE is not read
 
     other = tmp_path / "other.safetensors"
     train_backbone(other, renders=64, epochs=1, size=64, seed=9, held_out=8, progress=False)

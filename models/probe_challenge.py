@@ -25,6 +25,7 @@ colour.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections import Counter
 
 import torch
@@ -144,7 +145,8 @@ def disc_kind(disc: tuple[float, bool], sizes: tuple[float, float]) -> str:
 
 
 def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2] if values else float("nan")
+    """The middle value (the higher of two middle ones); nan for none."""
+    return statistics.median_high(values) if values else float("nan")
 
 
 def print_real_discs(reader, data: str, n: int = 64) -> tuple[float, float]:

@@ -17,7 +17,8 @@ detail_backbone_size (when any GAN run has TRAIN.DETAIL_LOSS > 0, as the default
 is given: the detail backbone, attention-pooled heads that read small parts, is trained first at this size into the
 checkpoint folder and passed to every GAN run as TRAIN.DETAIL_BACKBONE, unless gan_set names one; default 128),
 damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
-gan_set (KEY=VALUE overrides separated by spaces or commas; a comma inside a value stays there), nproc_per_node (default: GPUs, or 1),
+gan_set (KEY=VALUE overrides separated by spaces or commas; a comma inside a value stays there),
+nproc_per_node (default: GPUs, or 1),
 image_backbone ("train": pretrain the small image encoder's trunk first, kept in the checkpoint folder; a path:
 use that file; default "train" for config=default, else none), backbone_renders (both backbones) /
 backbone_epochs (the image backbone's, default 8) / detail_backbone_epochs (the detail backbone's, default 12); their

@@ -224,6 +224,7 @@ def _bill(shape: str, length: str, r: float) -> list[tuple[float, float]]:
 
 
 RING_RADIUS, EYE_RADIUS = 0.36, 0.2  # in head radii: a black ring round a black eye is one disc 1.8x a bare eye's
+THIN_RIM = 0.25  # a ring drawn 0.05 wide, a third of RING_RADIUS's, like generated eyes' rims (render_set's thin_rims)
 
 
 def _draw_bird(img: Image.Image, attrs: dict[str, str], rng: np.random.Generator, ring: float = RING_RADIUS,

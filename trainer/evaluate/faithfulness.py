@@ -125,15 +125,12 @@ def sample_attributes(rng: np.random.Generator) -> dict[str, str]:
     return a
 
 
-THIN_RIM = 0.25  # head radii: 0.05 wide round the 0.2 eye, a third of the ring's 0.16, like the generated eyes' rims
-
-
 def render_set(n: int, seed: int, size: int = INPUT_SIZE, progress: bool = False, desc: str = "judge: fresh renders",
                dtype: torch.dtype = torch.float32, thin_rims: float = 0.0) -> tuple[torch.Tensor, list[dict[str, str]]]:
     """`n` fresh real renders (N x 3 x size x size in [-1, 1], filled in place: float16 halves the memory of a
     large set, 3.9 GB for 10,000 at 256 px) with their attributes, cropped to the bird's box and centre-cropped
     exactly as the data loader does (deterministic for a seed). `thin_rims`: that share of the ringed birds have
-    their ring drawn as a thin rim (THIN_RIM head radii, round an eye of 0.2) and labelled "none", so a reader
+    their ring drawn as a thin rim (synth.THIN_RIM head radii, round an eye of 0.2) and labelled "none", so a reader
     trained on them counts a ring only at its full width (a generated eye with a rim of colour is not a ring)."""
     from tqdm import tqdm
 
@@ -145,11 +142,9 @@ def render_set(n: int, seed: int, size: int = INPUT_SIZE, progress: bool = False
     recs = []
     for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False):
         attrs = sample_attributes(rng)
-        ring = synth.RING_RADIUS
-        if thin_rims and attrs["eyering"] != "none" and rng.random() < thin_rims:  # no draw at 0: same renders
-            ring = THIN_RIM
-        img, bbox = synth._render(attrs, 256, rng, ring)
-        if ring != synth.RING_RADIUS:
+        thin = bool(thin_rims) and attrs["eyering"] != "none" and rng.random() < thin_rims  # at 0: no extra draw
+        img, bbox = synth._render(attrs, 256, rng, synth.THIN_RIM if thin else synth.RING_RADIUS)
+        if thin:
             attrs = {**attrs, "eyering": "none"}
         images[i] = image_pyramid(crop_to_bbox(img, bbox), [size], train=False)[0]
         recs.append(attrs)

@@ -10,7 +10,11 @@ from PIL import Image, ImageDraw
 from trainer.data import synth
 from trainer.data.synth import COLOUR_RGB, render_bird
 from trainer.evaluate.eye_disc import measure_disc
-from trainer.evaluate.faithfulness import THIN_RIM
+
+# a bird whose only black is its eye (and eye ring, where a test names one)
+BLACK_EYED = {"crown": "yellow", "nape": "yellow", "throat": "white", "back": "green", "wing": "green",
+              "wingbar": "none", "breast": "buff", "belly": "white", "tail": "green", "bill_color": "orange",
+              "bill_shape": "cone", "bill_length": "short", "eye": "black", "leg": "grey"}
 
 
 @pytest.mark.parametrize("radius", [4, 6, 11])
@@ -42,13 +46,10 @@ def test_no_black_near_the_guess_is_radius_zero():
 def test_a_black_ring_round_a_black_eye_measures_as_the_ring():
     """The same bird drawn with a black ring and with a white one (same seed, so same geometry): the ring's pixels
     are where the two differ, and their centre is the eye's. Black ring: the ring's disc; white: the bare eye."""
-    parts = {"crown": "yellow", "nape": "yellow", "throat": "white", "back": "green", "wing": "green",
-             "wingbar": "none", "breast": "buff", "belly": "white", "tail": "green", "bill_color": "orange",
-             "bill_shape": "cone", "bill_length": "short", "eye": "black", "leg": "grey"}
     ratios = []
     for seed in range(6):
-        black = np.asarray(render_bird({**parts, "eyering": "black"}, 256, np.random.default_rng(seed)))
-        white = np.asarray(render_bird({**parts, "eyering": "white"}, 256, np.random.default_rng(seed)))
+        black = np.asarray(render_bird({**BLACK_EYED, "eyering": "black"}, 256, np.random.default_rng(seed)))
+        white = np.asarray(render_bird({**BLACK_EYED, "eyering": "white"}, 256, np.random.default_rng(seed)))
         ys, xs = np.nonzero((black != white).any(-1))
         centre = (float(xs.mean()), float(ys.mean()))
         (ring, ring_round), (eye, eye_round) = measure_disc(black, centre), measure_disc(white, centre)
@@ -59,16 +60,13 @@ def test_a_black_ring_round_a_black_eye_measures_as_the_ring():
 
 
 def test_a_thin_black_rim_measures_as_an_eye_not_a_ring():
-    """What `render_set(thin_rims=)` draws for readers to call 'none': a black rim a quarter of the ring's width is
+    """What `render_set(thin_rims=)` draws for readers to call 'none': a black rim a third of the ring's width is
     nearer a bare eye than a ring round it."""
-    parts = {"crown": "yellow", "nape": "yellow", "throat": "white", "back": "green", "wing": "green",
-             "wingbar": "none", "breast": "buff", "belly": "white", "tail": "green", "bill_color": "orange",
-             "bill_shape": "cone", "bill_length": "short", "eye": "black", "leg": "grey", "eyering": "black"}
     def draw(ring: float, seed: int) -> np.ndarray:
-        return np.asarray(synth._render(parts, 256, np.random.default_rng(seed), ring)[0])
+        return np.asarray(synth._render({**BLACK_EYED, "eyering": "black"}, 256, np.random.default_rng(seed), ring)[0])
 
     for seed in range(4):
-        full, thin = draw(synth.RING_RADIUS, seed), draw(THIN_RIM, seed)
+        full, thin = draw(synth.RING_RADIUS, seed), draw(synth.THIN_RIM, seed)
         ys, xs = np.nonzero((full != thin).any(-1))  # between the thin rim and the full ring
         centre = (float(xs.mean()), float(ys.mean()))
         ring, eye = measure_disc(full, centre)[0], measure_disc(thin, centre)[0]

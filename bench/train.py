@@ -219,7 +219,7 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
             fakes, _, mu, logvar = netG(noise, sent, words, mask)
         if head is not None:
             with amp(device, s.bf16):
-                real_heads, fake_heads = head_crops(detail, reals[-1], fakes[-1])
+                real_heads, fake_heads, fake_read = head_crops(detail, reals[-1], fakes[-1])
             head_cond = head_condition(head, sent, words, mask)
         for i, (d, opt) in enumerate(zip(netsD, optsD)):
             opt.zero_grad(set_to_none=True)
@@ -250,7 +250,8 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
                     p_loss = p_loss + losses.part_loss(reader(pooled), labels) * cfg.TRAIN.PART_LOSS / len(fakes)
                 regions, code = image.project(features, pooled)
             if detail is not None:
-                d_loss = losses.part_loss(detail(fakes[-1]), labels) * cfg.TRAIN.DETAIL_LOSS
+                read = fake_read if head is not None else detail(fakes[-1])
+                d_loss = losses.part_loss(read, labels) * cfg.TRAIN.DETAIL_LOSS
         w0, w1, _ = losses.words_loss(regions, words, lengths, class_ids, g.GAMMA1, g.GAMMA2, g.GAMMA3)
         s0, s1 = losses.sent_loss(code, sent, class_ids, g.GAMMA3)
         total = errG + (w0 + w1 + s0 + s1) * g.LAMBDA + losses.kl_loss(mu, logvar)

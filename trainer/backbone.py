@@ -70,7 +70,10 @@ class PartHeads(nn.Module):
             _, code = self.encoder.features(images)
             return {p: head(code) for p, head in self.heads.items()}
         x = self.encoder.trunk(self.encoder.resize(images))  # B x C x S/16 x S/16
-        where = self.where(x).flatten(2).float().softmax(-1).to(x.dtype)  # B x P x HW
+        return self._read(x, self.where(x))
+
+    def _read(self, x: torch.Tensor, where_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        where = where_logits.flatten(2).float().softmax(-1).to(x.dtype)  # B x P x HW
         pooled = torch.bmm(where, x.flatten(2).transpose(1, 2))  # B x P x C
         return {p: head(pooled[:, i]) for i, (p, head) in enumerate(self.heads.items())}
 
@@ -84,11 +87,21 @@ class PartHeads(nn.Module):
         """Where this detail reader looks for `part` in each image: the centre of mass of the part's spatial
         attention, B x 2 (x, y) in the images' own pixels. TRAIN.HEAD_D_LOSS crops the head around the eye ring's."""
         self.require_attention(part)
+        return self._centres(self.where(self.encoder.trunk(self.encoder.resize(images))), part, images.shape)
+
+    def read_and_locate(self, images: torch.Tensor, part: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """forward(images) and attention_centres(images, part) from one pass of the trunk (the centres carry no
+        gradient): the GAN's head stage reads every generated bird and crops its head where this looks."""
+        self.require_attention(part)
         x = self.encoder.trunk(self.encoder.resize(images))
-        h, w = x.shape[2:]
-        where = self.where(x)[:, list(self.parts).index(part)].flatten(1).float().softmax(-1).view(-1, h, w)
-        ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5) * (images.shape[2] / h)
-        xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) * (images.shape[3] / w)
+        where_logits = self.where(x)
+        return self._read(x, where_logits), self._centres(where_logits.detach(), part, images.shape)
+
+    def _centres(self, where_logits: torch.Tensor, part: str, shape: torch.Size) -> torch.Tensor:
+        h, w = where_logits.shape[2:]
+        where = where_logits[:, list(self.parts).index(part)].flatten(1).float().softmax(-1).view(-1, h, w)
+        ys = (torch.arange(h, device=where.device, dtype=torch.float32) + 0.5) * (shape[2] / h)
+        xs = (torch.arange(w, device=where.device, dtype=torch.float32) + 0.5) * (shape[3] / w)
         return torch.stack([(where.sum(1) * xs).sum(1), (where.sum(2) * ys).sum(1)], dim=1)
 
 

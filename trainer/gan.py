@@ -345,7 +345,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
 
             if headD is not None:
                 with autocast(device, run.amp):
-                    real_heads, fake_heads = head_crops(detail, reals[-1], fakes[-1])
+                    real_heads, fake_heads, fake_read = head_crops(detail, reals[-1], fakes[-1])
                 head_cond = head_condition(headD, sent, words, mask)
 
             values: dict[str, float] = {}
@@ -395,7 +395,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 total_g = total_g + errG_head
             if detail is not None:
                 with autocast(device, run.amp):
-                    d_loss = losses.part_loss(detail(fakes[-1]), batch.parts[:, detail_cols],
+                    read = fake_read if headD is not None else detail(fakes[-1])  # read once a step
+                    d_loss = losses.part_loss(read, batch.parts[:, detail_cols],
                                               weights=detail_weights) * cfg.TRAIN.DETAIL_LOSS
                 total_g = total_g + d_loss
             total_g.backward()
@@ -529,9 +530,12 @@ def crop_heads(detail, images: torch.Tensor) -> torch.Tensor:
     return losses.crop_around(images, centres, head_crop_size(images.shape[-1]))
 
 
-def head_crops(detail, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real and generated heads the head D judges."""
-    return crop_heads(detail, real), crop_heads(detail, fake)
+def head_crops(detail, real: torch.Tensor, fake: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The real and generated heads the head D judges, and the detail reader's read of the generated birds (the
+    detail loss's, with its gradient) from the same pass that finds their heads."""
+    fake_read, centres = detail.read_and_locate(fake, HEAD_PART)
+    return crop_heads(detail, real), losses.crop_around(fake, centres, head_crop_size(fake.shape[-1])), fake_read
 
 
 def _loss_weight(cfg: Config, key: str) -> float:

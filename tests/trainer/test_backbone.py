@@ -399,6 +399,28 @@ def test_attention_centres_are_where_a_part_looks():
         mean_pooled.attention_centres(images, "eyering")
 
 
+def test_read_and_locate_is_one_pass_of_read_and_centres():
+    """The head stage reads each generated bird once a step for both the detail loss and the head crop: the same logits
+    (with their gradient to the image) and the same centres (without one) as the two separate calls."""
+    from trainer.backbone import PartHeads
+
+    torch.manual_seed(0)
+    reader = PartHeads({"crown": ["red", "blue"], "eyering": ["none", "black", "white"]}, size=64,
+                       pool="attention").eval().requires_grad_(False)
+    images = torch.rand(3, 3, 128, 128, requires_grad=True)
+    read, centres = reader.read_and_locate(images, "eyering")
+    with torch.no_grad():
+        expected_read, expected_centres = reader(images), reader.attention_centres(images, "eyering")
+    assert read.keys() == expected_read.keys()
+    for part in read:
+        assert torch.equal(read[part], expected_read[part])
+    assert torch.equal(centres, expected_centres) and not centres.requires_grad
+    read["eyering"].sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    with pytest.raises(AttnGANError, match="no attention for 'nape'"):
+        reader.read_and_locate(images, "nape")
+
+
 def test_thin_rims_must_be_a_share(tmp_path):
     from trainer.backbone import train_backbone
 

@@ -11,13 +11,16 @@ gan_grow_config (a GAN config with fewer stages trained first, its generator gro
 default preset's is default/gan_64.yml, "" turns it off; gan_set and max_steps apply to every GAN run),
 gan_grow_restart_steps (after gan_grow_config's run, run it again this many steps from its EMA generator with
 fresh optimizers, and grow gan_config's generator from that; default 0; capped by max_steps),
-gan_detail_config (a GAN config trained last from gan_config's generator with TRAIN.DETAIL_LOSS, e.g.
-default/gan_detail.yml; the bundle then comes from it; default none),
+gan_detail_config (GAN configs trained last, separated by commas, as models/train_default.sh's head stages: the
+first starts from a bundle of gan_config's run (its EMA generator at fp16; new discriminators), each later one resumes
+a copy of the run before it with its own config; the bundle then comes from the last. The default preset's is
+default/gan_head.yml,default/gan_head_cond.yml, "" turns it off; e.g. default/gan_detail.yml; other presets none),
 detail_backbone_size (when any GAN run has TRAIN.DETAIL_LOSS > 0, as the default preset's do, or gan_detail_config
 is given: the detail backbone, attention-pooled heads that read small parts, is trained first at this size into the
 checkpoint folder and passed to every GAN run as TRAIN.DETAIL_BACKBONE, unless gan_set names one; default 128),
 damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
-gan_set (KEY=VALUE overrides separated by spaces or commas; a comma inside a value stays there),
+gan_set (KEY=VALUE overrides separated by spaces or commas; a comma inside a value stays there; max_steps is the
+steps of each GAN run, and gan_epochs its epochs: a resumed copy trains on from where it starts),
 nproc_per_node (default: GPUs, or 1),
 image_backbone ("train": pretrain the small image encoder's trunk first, kept in the checkpoint folder; a path:
 use that file; default "train" for config=default, else none), backbone_renders (both backbones) /
@@ -43,11 +46,12 @@ from attngan.errors import AttnGANError
 
 log = logging.getLogger("trainer")
 CFG_DIR = Path(__file__).resolve().parent / "cfg"
-PRESETS = {  # DAMSM config, GAN config, and the GAN config of a 64 px stage trained first ("" for none)
-    "synth": ("synth/damsm.yml", "synth/gan.yml", ""),
-    "default": ("default/damsm.yml", "default/gan.yml", "default/gan_64.yml"),  # the bundled default model's recipe
-    "bird": ("DAMSM/bird.yml", "bird_attn2.yml", ""),
-    "coco": ("DAMSM/coco.yml", "coco_attn2.yml", ""),
+PRESETS = {  # DAMSM config, GAN config, the GAN config of a 64 px stage trained first, the GAN configs trained last
+    "synth": ("synth/damsm.yml", "synth/gan.yml", "", ""),
+    "default": ("default/damsm.yml", "default/gan.yml", "default/gan_64.yml",  # the bundled default model's recipe
+                "default/gan_head.yml,default/gan_head_cond.yml"),
+    "bird": ("DAMSM/bird.yml", "bird_attn2.yml", "", ""),
+    "coco": ("DAMSM/coco.yml", "coco_attn2.yml", "", ""),
 }
 KNOWN = {"config", "damsm_config", "gan_config", "gan_grow_config", "gan_detail_config", "damsm_epochs",
          "gan_epochs", "max_steps", "gan_grow_restart_steps",
@@ -68,7 +72,9 @@ class Job:
     gan_cfg: Path
     grow_cfg: Path | None = None  # a fewer-stage GAN trained first; gan_cfg's run starts from its generator
     grow_restart_steps: int = 0  # then grow_cfg again from its EMA generator, fresh optimizers, this many steps
-    detail_cfg: Path | None = None  # a GAN trained last from gan_cfg's generator with TRAIN.DETAIL_LOSS
+    detail_cfgs: list[Path] = field(default_factory=list)  # trained last: from gan_cfg's bundle, then each resumed
+    max_steps: int | None = None  # steps of each GAN run ...
+    gan_epochs: int | None = None  # ... and its epochs (a resumed copy counts on from where it starts)
     damsm_set: list[str] = field(default_factory=list)
     gan_set: list[str] = field(default_factory=list)
     run_damsm: bool = True
@@ -125,7 +131,7 @@ def read_job(env: dict[str, str] | None = None) -> Job:
     preset = hp.get("config", "synth")
     if preset not in PRESETS:
         raise AttnGANError(f"hyperparameter config={preset!r}: choose one of {sorted(PRESETS)}")
-    damsm_default, gan_default, grow_default = PRESETS[preset]
+    damsm_default, gan_default, grow_default, details_default = PRESETS[preset]
 
     def integer(name: str, default: int | None) -> int | None:
         if name not in hp:
@@ -173,7 +179,8 @@ def read_job(env: dict[str, str] | None = None) -> Job:
         gan_cfg=_cfg_path(hp.get("gan_config", gan_default)),
         grow_cfg=_cfg_path(grow) if (grow := hp.get("gan_grow_config", grow_default)) else None,
         grow_restart_steps=restart_steps,
-        detail_cfg=_cfg_path(detail) if (detail := hp.get("gan_detail_config", "")) else None,
+        detail_cfgs=[_cfg_path(c) for c in re.split(r"[\s,]+", hp.get("gan_detail_config", details_default)) if c],
+        max_steps=max_steps, gan_epochs=gan_epochs,
         damsm_set=damsm_set, gan_set=gan_set, run_damsm=damsm_epochs != 0,
         nproc=integer("nproc_per_node", max(gpus, 1)) or 1,
         master_port=integer("master_port", 29500) or 29500,
@@ -243,8 +250,8 @@ def _needs_detail_backbone(job: Job) -> bool:
 
     if any(o.startswith("TRAIN.DETAIL_BACKBONE=") for o in job.gan_set):
         return False
-    configs = [c for c in (job.grow_cfg, job.gan_cfg) if c is not None]
-    return job.detail_cfg is not None or any(load_config(str(c), job.gan_set).TRAIN.DETAIL_LOSS > 0 for c in configs)
+    configs = [c for c in (job.grow_cfg, job.gan_cfg, *job.detail_cfgs) if c is not None]
+    return any(load_config(str(c), job.gan_set).TRAIN.DETAIL_LOSS > 0 for c in configs)
 
 
 def _detail_backbone(job: Job) -> Path:
@@ -266,6 +273,42 @@ def _backbone_once(job: Job, name: str, size: int, extra: list[str], seed: int, 
               *extra, "--renders", str(job.backbone_renders), "--epochs", str(epochs),
               "--seed", str(seed)], stage)
     return path
+
+
+def _detail_stages(job: Job, gan_set: list[str], gan_out: Path) -> Path:
+    """gan_detail_config's runs, as models/train_default.sh's steps 5 and 6: the first starts from a bundle of
+    gan_config's run (EMA generator at fp16, discriminators anew), each later one resumes a copy of the run before it
+    with its own config (so that run stays as it was). Every step is done once: a restarted job finds the bundle and
+    the copies in place and resumes the runs. Returns the last run."""
+    from trainer.cli import export_run
+
+    start = job.checkpoint_dir / "gan_bundle"
+    if not (start / "manifest.json").is_file():
+        partial = start.with_name(start.name + ".exporting")
+        shutil.rmtree(partial, ignore_errors=True)
+        export_run(gan_out, partial, half=True)
+        shutil.rmtree(start, ignore_errors=True)
+        partial.rename(start)
+    previous: Path | None = None
+    for i, cfg in enumerate(job.detail_cfgs):
+        out = job.checkpoint_dir / ("gan_detail" if i == 0 else f"gan_detail_{i + 1}")
+        overrides = list(gan_set)
+        if previous is not None:
+            if not out.is_dir():
+                partial = out.with_name(out.name + ".copying")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(previous, partial)
+                partial.rename(out)
+            # each run's epochs and steps, counted on from where the copy starts
+            if job.gan_epochs is not None:
+                overrides.append(f"TRAIN.MAX_EPOCH={(i + 1) * job.gan_epochs}")
+            if job.max_steps is not None:
+                overrides.append(f"TRAIN.MAX_STEPS={(i + 1) * job.max_steps}")
+        _run(_train_cmd(job, "gan", cfg, overrides, out, start if previous is None else None),
+             f"GAN (last stages: {cfg.name}, {i + 1} of {len(job.detail_cfgs)})")
+        previous = out
+    assert previous is not None
+    return previous
 
 
 def run_job(job: Job) -> Path | None:
@@ -298,12 +341,8 @@ def run_job(job: Job) -> Path | None:
                  "GAN (fewer stages, restarted from its EMA generator)")
             grown_from, _ = latest_generator(restart_out)
     _run(_train_cmd(job, "gan", job.gan_cfg, gan_set, gan_out, grown_from), "GAN")
-    if job.detail_cfg is not None:  # details last, from the full generator; the bundle comes from this run
-        from trainer.gan import latest_generator
-
-        start, _ = latest_generator(gan_out)
-        gan_out = job.checkpoint_dir / "gan_detail"
-        _run(_train_cmd(job, "gan", job.detail_cfg, gan_set, gan_out, start), "GAN (details)")
+    if job.detail_cfgs:  # the head stages last; the bundle comes from the last of them
+        gan_out = _detail_stages(job, gan_set, gan_out)
     if not job.is_leader:
         return None
     from trainer.cli import export_run

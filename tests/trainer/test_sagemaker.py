@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attngan.errors import AttnGANError
 from tests.trainer.conftest import PYTHON, REPO, subprocess_env
 
 
@@ -26,48 +27,57 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     from attngan.bundle import load_bundle
 
     # the default model's recipe (config=default): image backbone, DAMSM over it, the 64 px GAN stage alone (word
-    # attention on), the three-stage GAN grown from it; plus the optional steps: the 64 px stage restarted from its
-    # EMA generator before growing, and the detail stage; every GAN run reads its birds with the detail backbone the
-    # job trains first (the recipe's 128 px, attention-pooled); shrunk to seconds
+    # attention on), the three-stage GAN grown from it, then the two head stages (the first from a bundle of the
+    # three-stage run, the second resuming a copy of the first); plus the optional restart of the 64 px stage from
+    # its EMA generator before growing; shrunk to seconds. The recipe's GAN runs read their birds with a detail
+    # backbone the job trains first; this job's do not (TRAIN.DETAIL_LOSS=0), so it trains none
     common = "TREE.BASE_SIZE=64 IMAGE_ENCODER_SIZE=64 WORKERS=0 CUDA=false TRAIN.BATCH_SIZE=8 " \
         "TEXT.EMBEDDING_DIM=32 TEXT.WORDS_NUM=10"
-    hp = {"config": "default", "gan_detail_config": "default/gan_detail.yml", "gan_grow_restart_steps": "1500",
+    hp = {"config": "default", "gan_grow_restart_steps": "1500",
           "damsm_epochs": "1", "gan_epochs": "1", "max_steps": "3", "set": common,
           "damsm_set": "TREE.BRANCH_NUM=1,TRAIN.IMAGE_CODE=parts,TRAIN.TEXT_RENDERS=8,TRAIN.TEXT_RENDER_STEPS=2",
-          # a 64-render backbone reads no part well enough for the part or detail loss (test_backbone.py has them)
+          # a 64-render backbone reads no part well enough for the part or detail loss, nor finds the head for the
+          # head D (test_backbone.py and test_training.py have them)
           "gan_set": "GAN.GF_DIM=8,GAN.DF_DIM=8,GAN.R_NUM=1,GAN.Z_DIM=16,GAN.CONDITION_DIM=16,TRAIN.PART_LOSS=0,"
-                     "TRAIN.DETAIL_LOSS=0",
-          "backbone_renders": "64", "backbone_epochs": "1", "detail_backbone_epochs": "2"}
+                     "TRAIN.DETAIL_LOSS=0,TRAIN.HEAD_D_LOSS=0,TRAIN.HEAD_D_CONDITIONAL=false,TRAIN.HEAD_D_WORDS=false",
+          "backbone_renders": "64", "backbone_epochs": "1"}
     env = _opt_ml(tmp_path, birds, hp)
     res = subprocess.run([PYTHON, "-m", "trainer.sagemaker"], check=False, env=env, cwd=REPO, capture_output=True, text=True,
                          timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     bundle = load_bundle(tmp_path / "model")
-    assert bundle.config.gf_dim == 8 and bundle.config.attn_64 and bundle.manifest["training"]["steps"] == 3
+    # the bundle comes from the last head stage, which resumed a copy of the first at its step 3 and trained 3 more
+    assert bundle.config.gf_dim == 8 and bundle.config.attn_64 and bundle.manifest["training"]["steps"] == 6
     assert bundle.config.branch_num == 3 and (tmp_path / "checkpoints" / "gan_grow" / "checkpoint.pt").is_file()
     assert "growing the generator: h_net2, h_net3, img_net2, img_net3" in res.stderr
     assert bundle.config.image_encoder == "small" and bundle.config.image_encoder_size == 64
     backbone = tmp_path / "checkpoints" / "image_backbone.safetensors"
     assert backbone.is_file()  # trained once, found in place by a restarted job
     gan_commands = [line for line in res.stderr.splitlines() if "GAN" in line and "attngan.cli train gan" in line]
-    assert len(gan_commands) == 4 and all(f"TRAIN.IMAGE_BACKBONE={backbone}" in c for c in gan_commands)
+    assert len(gan_commands) == 5 and all(f"TRAIN.IMAGE_BACKBONE={backbone}" in c for c in gan_commands)
     restart, grown = tmp_path / "checkpoints" / "gan_grow_restart", gan_commands[2]
     assert f"--init-from {tmp_path / 'checkpoints' / 'gan_grow' / 'Model'}" in gan_commands[1]
     assert gan_commands[1].endswith("TRAIN.MAX_STEPS=3")  # the restart's 1,500 steps, capped by max_steps
     assert f"--init-from {restart / 'Model'}" in grown and (restart / "checkpoint.pt").is_file()
     detail = tmp_path / "checkpoints" / "detail_backbone.safetensors"
-    assert all(f"TRAIN.DETAIL_BACKBONE={detail}" in c for c in gan_commands) and "--init-from" in gan_commands[3]
-    detail_command = next(line for line in res.stderr.splitlines() if "detail backbone: " in line)
-    assert "--pool attention" in detail_command and "--size 128" in detail_command and "--seed 51" in detail_command
-    assert "--epochs 2" in detail_command  # detail_backbone_epochs; the image backbone's are backbone_epochs
+    assert not detail.exists() and not any("TRAIN.DETAIL_BACKBONE=" in c for c in gan_commands)
+    checkpoints = tmp_path / "checkpoints"
+    head, head_cond = gan_commands[3], gan_commands[4]
+    assert "default/gan_head.yml" in head and f"--init-from {checkpoints / 'gan_bundle'}" in head
+    assert load_bundle(checkpoints / "gan_bundle").manifest["training"]["steps"] == 3  # the three-stage run's, fp16
+    assert "default/gan_head_cond.yml" in head_cond and "--init-from" not in head_cond
+    assert head_cond.endswith("TRAIN.MAX_STEPS=6")
+    first = torch.load(checkpoints / "gan_detail" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert first["step"] == 3  # the copy was resumed; the first head stage's run stays as it was
     assert "--epochs 1" in next(line for line in res.stderr.splitlines() if "image backbone: " in line)
-    assert detail.is_file()
-    assert (tmp_path / "checkpoints" / "gan_detail" / "checkpoint.pt").is_file()  # the bundle's run
+    assert (checkpoints / "gan_detail_2" / "checkpoint.pt").is_file()  # the bundle's run
     from safetensors.torch import load_file
 
     trunk = {k: v for k, v in load_file(str(backbone)).items() if not k.startswith("heads.")}
     image = bundle.read_state("image_encoder")
-    assert all(torch.equal(image[k].float(), v.float()) for k, v in trunk.items())  # frozen through DAMSM
+    # frozen through DAMSM and the GAN (rounded to fp16: the head stages start from a half-precision bundle of the
+    # three-stage run, as make train-default's do)
+    assert all(torch.equal(image[k].float(), v.half().float()) for k, v in trunk.items())
     assert (tmp_path / "checkpoints" / "damsm" / "checkpoint.pt").is_file()  # resumable after a restart
     assert (tmp_path / "checkpoints" / "gan" / "checkpoint.pt").is_file()
     assert not (tmp_path / "output" / "failure").exists()
@@ -105,10 +115,11 @@ def test_sagemaker_overrides_keep_commas_inside_a_value(birds, tmp_path):
     assert job.damsm_set[:2] == ["TRAIN.BATCH_SIZE=8", "WORKERS=0"]
 
 
-def test_sagemaker_detail_backbone_follows_the_configs(birds, tmp_path):
-    """The default preset's GAN runs read their birds with a detail backbone, so the job trains one; a job whose
-    runs do not (DETAIL_LOSS 0), or that names its own file, trains none."""
-    from trainer.sagemaker import _needs_detail_backbone, read_job
+def test_sagemaker_detail_backbone_follows_the_configs(birds, tmp_path, caplog):
+    """The default preset's GAN runs read their birds with a detail backbone, so the job trains one (the recipe's:
+    128 px, attention-pooled, seed 51, detail_backbone_epochs), once; a job whose runs do not (DETAIL_LOSS 0), or that
+    names its own file, trains none."""
+    from trainer.sagemaker import _detail_backbone, _needs_detail_backbone, read_job
 
     cases = [({"config": "default"}, True),
              ({"config": "default", "gan_set": "TRAIN.DETAIL_LOSS=0"}, False),
@@ -120,3 +131,29 @@ def test_sagemaker_detail_backbone_follows_the_configs(birds, tmp_path):
         job = read_job(env)
         assert _needs_detail_backbone(job) is needed, hp
         assert job.detail_backbone_size == 128
+
+    caplog.set_level("INFO", logger="trainer")
+    job = read_job(_opt_ml(tmp_path / "trained", birds, {"config": "default", "backbone_renders": "64",
+                                                         "detail_backbone_epochs": "2"}))
+    path = _detail_backbone(job)
+    command = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("detail backbone: "))
+    assert path == job.checkpoint_dir / "detail_backbone.safetensors" and path.is_file()
+    assert all(f in command for f in ("--pool attention", "--size 128", "--seed 51", "--epochs 2", "--renders 64"))
+    caplog.clear()
+    assert _detail_backbone(job) == path and not caplog.records  # a restarted job finds it in place
+
+
+def test_sagemaker_default_preset_ends_with_the_head_stages(birds, tmp_path):
+    """config=default trains what make train-default does, the two head stages last; gan_detail_config names other
+    last stages (separated by commas) or, empty, none."""
+    from trainer.sagemaker import read_job
+
+    for i, (hp, expected) in enumerate([({"config": "default"}, ["gan_head.yml", "gan_head_cond.yml"]),
+                                        ({"config": "default", "gan_detail_config": ""}, []),
+                                        ({"config": "synth"}, []),
+                                        ({"config": "synth", "gan_detail_config": "default/gan_detail.yml, "
+                                                                                  "default/gan_head.yml"},
+                                         ["gan_detail.yml", "gan_head.yml"])]):
+        assert [c.name for c in read_job(_opt_ml(tmp_path / str(i), birds, hp)).detail_cfgs] == expected, hp
+    with pytest.raises(AttnGANError, match="'default/nope.yml' not found"):
+        read_job(_opt_ml(tmp_path / "bad", birds, {"config": "default", "gan_detail_config": "default/nope.yml"}))

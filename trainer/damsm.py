@@ -166,7 +166,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True)
     vocab = train_set.vocab
     test_set = TextImageDataset(data, "test", cfg, vocab=vocab, train=False)
-    if info.is_main:
+    if info.writes_files:
         vocab.save_json(run.out / "vocab.json")
 
     text, image = build_encoders(cfg, len(vocab))
@@ -214,7 +214,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
 
     def save(epoch: int, in_epoch: int, **extra) -> None:
         states = gather_rng_states(info)
-        if info.is_main:
+        if info.writes_files:
             atomic_save({"kind": "damsm", "seed": seed, "epoch": epoch, "step": step, "step_in_epoch": in_epoch,
                          "text_encoder": text.state_dict(), "image_encoder": image.state_dict(),
                          "optimizer": optimizer.state_dict(), "rng": states, "vocab": vocab.to_dict(),
@@ -222,7 +222,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         barrier(info)
 
     def snapshot(epoch: int) -> None:
-        if info.is_main:
+        if info.writes_files:
             atomic_save(text.state_dict(), run.model_dir / f"text_encoder{epoch}.pth")
             atomic_save(image.state_dict(), run.model_dir / f"image_encoder{epoch}.pth")
             log.info("saved Model/text_encoder%d.pth and image_encoder%d.pth", epoch, epoch)

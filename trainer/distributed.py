@@ -29,6 +29,13 @@ class DistInfo:
         return self.rank == 0
 
     @property
+    def writes_files(self) -> bool:
+        """One process per node writes the run's files (checkpoint, snapshots, vocabulary), so every node's disk holds
+        the whole run: a multi-node job resumes on every node, and each node's next stage finds what this one made
+        (a SageMaker job's hosts each have their own checkpoint folder). Logs and samples are the main process's."""
+        return self.local_rank == 0
+
+    @property
     def enabled(self) -> bool:
         return self.world_size > 1
 

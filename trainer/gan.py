@@ -172,7 +172,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                            "use the captions.pickle / vocab.json the encoder was trained with")
     if given_vocab is not None and ckpt is None and info.is_main:
         _report_unknown(data, cfg, vocab)
-    if info.is_main:
+    if info.writes_files:
         vocab.save_json(run.out / "vocab.json")
 
     mc = ModelConfig.from_config(cfg, n_words)
@@ -289,7 +289,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
 
     def save(epoch: int, in_epoch: int) -> None:
         states = gather_rng_states(info)
-        if info.is_main:
+        if info.writes_files:
             atomic_save({"kind": "gan", "seed": seed, "epoch": epoch, "step": step, "step_in_epoch": in_epoch,
                          "netG": netG.state_dict(), "netsD": [d.state_dict() for d in every_d],
                          "optG": optG.state_dict(), "optsD": [o.state_dict() for o in optsD],
@@ -306,7 +306,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
         barrier(info)
 
     def snapshot(epoch: int) -> None:
-        if info.is_main:
+        if info.writes_files:
             atomic_save(ema_state(netG, ema), run.model_dir / f"netG_epoch_{epoch}.pth")
             for i, d in enumerate(netsD):
                 atomic_save(d.state_dict(), run.model_dir / f"netD{i}.pth")

@@ -239,20 +239,21 @@ def resolve_output_dir(cfg: Config, output_dir: str | None, kind: str) -> Path:
 
 
 def open_run(cfg: Config, output_dir: str | None, kind: str) -> Run:
-    """Join the process group (if any), pick the device, create OUTPUT/{Model,Image,logs} on rank 0."""
+    """Join the process group (if any), pick the device, create OUTPUT/{Model,Image,logs} on each node."""
     want_cuda = cfg.CUDA and torch.cuda.is_available()
     info = init_distributed("cuda" if want_cuda else "cpu")
     setup_logging(info.is_main)
     device = select_device(cfg, info)
     out = resolve_output_dir(cfg, output_dir, kind)
     writer = None
-    if info.is_main:
+    if info.writes_files:
         for sub in ("Model", "Image", "logs"):
             (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+    if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(out / "logs"))
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
     threads = CpuThreads(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), data_workers=cfg.WORKERS)
     run = Run(cfg=cfg, info=info, device=device, out=out, amp=amp_dtype(cfg, device), writer=writer,
               threads=threads)

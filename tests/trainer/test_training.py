@@ -261,6 +261,43 @@ def test_torchrun_two_processes_train_the_gan(birds, damsm_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_nodes_each_keep_the_whole_run_and_resume(birds, damsm_run, tmp_path):
+    """A multi-node run (torchrun --nnodes 2; here two launchers on loopback, each node with its own folder, as a
+    SageMaker job's hosts have): every node writes the checkpoint and the snapshots to its own disk, so every node
+    resumes from its own, and the next stage on any node finds the generator (the SageMaker entry point runs the
+    stages on every host)."""
+    import socket
+
+    from trainer.damsm import latest_encoders
+    from trainer.gan import latest_generator
+
+    text, _ = latest_encoders(damsm_run)
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for steps in (3, 5):  # trained, then resumed on both nodes
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        procs = [subprocess.Popen(
+            [PYTHON, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
+             "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "attngan.cli", "train", "gan", "--cfg",
+             GAN_CFG, "--data-dir", str(birds), "--output-dir", str(out), *sets(TINY_GAN),
+             *sets([f"TRAIN.MAX_STEPS={steps}", "TRAIN.BATCH_SIZE=4", f"TRAIN.NET_E={text}", "CUDA=false"])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, env=subprocess_env())
+            for rank, out in enumerate(nodes)]
+        try:
+            errors = [p.communicate(timeout=300)[1] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+        ckpts = [torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True) for out in nodes]
+        assert ckpts[0]["step"] == ckpts[1]["step"] == steps and len(ckpts[1]["rng"]) == 2
+        assert all(torch.equal(ckpts[0]["ema"][k], ckpts[1]["ema"][k]) for k in ckpts[0]["ema"])
+        assert latest_generator(nodes[1])[0].is_file() and (nodes[1] / "vocab.json").is_file()
+    assert "resumed from" in errors[0] and not (nodes[1] / "logs" / "metrics.jsonl").exists()  # logs: node 0's
+
+
+@pytest.mark.slow
 def test_raising_max_steps_continues_mid_epoch_to_identical_weights(birds, damsm_run, tmp_path):
     """Extending a finished run (MAX_STEPS 6 -> 10) picks up inside the epoch where it stopped, with the
     discriminators' random augmentation (TRAIN.D_AUGMENT) drawing the same numbers as the uninterrupted run, and

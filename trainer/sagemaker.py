@@ -15,8 +15,8 @@ gan_detail_config (GAN configs trained last, separated by commas, as models/trai
 first starts from a bundle of gan_config's run (its EMA generator at fp16; new discriminators), each later one resumes
 a copy of the run before it with its own config; the bundle then comes from the last. The default preset's is
 default/gan_head.yml,default/gan_head_cond.yml, "" turns it off; e.g. default/gan_detail.yml; other presets none),
-detail_backbone_size (when any GAN run has TRAIN.DETAIL_LOSS > 0, as the default preset's do, or gan_detail_config
-is given: the detail backbone, attention-pooled heads that read small parts, is trained first at this size into the
+detail_backbone_size (when any GAN run, gan_detail_config's too, has TRAIN.DETAIL_LOSS > 0, as the default preset's
+do: the detail backbone, attention-pooled heads that read small parts, is trained first at this size into the
 checkpoint folder and passed to every GAN run as TRAIN.DETAIL_BACKBONE, unless gan_set names one; default 128),
 damsm_epochs / gan_epochs (0 skips DAMSM: then give TRAIN.NET_E in gan_set), max_steps, set / damsm_set /
 gan_set (KEY=VALUE overrides separated by spaces or commas; a comma inside a value stays there; max_steps is the

@@ -280,15 +280,12 @@ def _detail_stages(job: Job, gan_set: list[str], gan_out: Path) -> Path:
     gan_config's run (EMA generator at fp16, discriminators anew), each later one resumes a copy of the run before it
     with its own config (so that run stays as it was). Every step is done once: a restarted job finds the bundle and
     the copies in place and resumes the runs. Returns the last run."""
+    from attngan.bundle import MANIFEST
     from trainer.cli import export_run
 
     start = job.checkpoint_dir / "gan_bundle"
-    if not (start / "manifest.json").is_file():
-        partial = start.with_name(start.name + ".exporting")
-        shutil.rmtree(partial, ignore_errors=True)
-        export_run(gan_out, partial, half=True)
-        shutil.rmtree(start, ignore_errors=True)
-        partial.rename(start)
+    if not (start / MANIFEST).is_file():  # the bundle writer puts its manifest last: there means complete
+        export_run(gan_out, start, half=True)
     previous: Path | None = None
     for i, cfg in enumerate(job.detail_cfgs):
         out = job.checkpoint_dir / ("gan_detail" if i == 0 else f"gan_detail_{i + 1}")

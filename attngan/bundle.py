@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from attngan.errors import AttnGANError
+from attngan.fileio import atomic_write, atomic_write_text
 from attngan.model import Generator, ImageEncoder, ModelConfig, TextEncoder, init_weights
 from attngan.text import Vocabulary
 
@@ -128,11 +128,8 @@ def write_bundle(out_dir: str | Path, *, config: ModelConfig, vocab: Vocabulary,
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, Any]] = {}
 
-    def put(name: str, write) -> None:  # write to a temporary name, then rename: readers never see half a file
-        tmp = out / f".{name}.tmp"
-        write(tmp)
-        os.chmod(tmp, 0o644)  # readable by the service's non-root user when copied into an image
-        os.replace(tmp, out / name)
+    def put(name: str, write) -> None:  # readers never see half a file
+        atomic_write(out / name, write)
         files[name] = {"sha256": _sha256(out / name), "bytes": (out / name).stat().st_size}
 
     put(VOCAB, lambda p: vocab.save_json(p))
@@ -153,9 +150,7 @@ def write_bundle(out_dir: str | Path, *, config: ModelConfig, vocab: Vocabulary,
         "training": info,
         "metrics": metrics,
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: a manifest means a whole bundle
     return out
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from attngan.errors import AttnGANError
+from attngan.fileio import atomic_write_text
 
 END_TOKEN = "<end>"
 VOCAB_FORMAT = "attngan-vocab"
@@ -206,9 +207,7 @@ class Vocabulary:
         return cls(words)
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
 
     @classmethod
     def load_json(cls, path: str | Path) -> Vocabulary:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from attngan.fileio import atomic_write
 from service.settings import Settings
 
 _KEY = re.compile(r"^[0-9a-f]{2,64}(/[A-Za-z0-9_.-]{1,64}){1,2}$")
@@ -54,12 +54,8 @@ class LocalStorage:
     def put(self, key: str, data: bytes, content_type: str = "image/png") -> None:
         path = self.path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # write-then-rename: a reader (another worker) never sees half a file
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            # a reader (another worker) never sees half a file
+            atomic_write(path, lambda tmp: tmp.write_bytes(data), sync=False)
         except OSError as exc:
             raise StorageError(f"cannot write {self.root}: {exc.strerror or exc}") from None
 

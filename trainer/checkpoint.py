@@ -7,10 +7,8 @@ A checkpoint is one `torch.save`d dict of plain types and tensors, so it loads w
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 
 from attngan.errors import AttnGANError
+from attngan.fileio import atomic_write
 
 log = logging.getLogger("trainer")
 
@@ -25,20 +24,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save, written whole or not at all (`attngan.fileio.atomic_write`): readers never see half a file."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -19,6 +19,7 @@ import torch
 
 from attngan.config import Config
 from attngan.errors import AttnGANError
+from attngan.fileio import atomic_write_text
 from attngan.pipeline import cpu_has_fast_bf16
 from trainer.checkpoint import CHECKPOINT_NAME, GracefulStop, load_weights, restore_rng_state
 from trainer.distributed import DistInfo, ResumableSampler, any_flag, init_distributed, shutdown
@@ -222,7 +223,7 @@ class Run:
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         if len(kept) != len(lines):
-            path.write_text("".join(kept), encoding="utf-8")
+            atomic_write_text(path, "".join(kept))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -249,7 +250,7 @@ def open_run(cfg: Config, output_dir: str | None, kind: str) -> Run:
     if info.writes_files:
         for sub in ("Model", "Image", "logs"):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
 

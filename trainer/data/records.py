@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from attngan.errors import AttnGANError
+from attngan.fileio import atomic_write
 from attngan.text import Vocabulary, tokenize
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -59,15 +59,10 @@ def write_pickle(path: Path, obj: Any) -> bool:
 
     Returns False when the data directory is read-only (the data is then only kept in memory).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_bytes(pickle.dumps(obj, protocol=2)))
         return True
     except OSError:
-        tmp.unlink(missing_ok=True)
         return False
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from attngan.fileio import atomic_write_text
 from trainer.evaluate.complexity import human
 
 REPORT_NOTE = (
@@ -35,9 +36,8 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
 
 
 def write_metrics_json(out_dir: Path, metrics: dict[str, Any]) -> Path:
-    path = out_dir / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=False, default=float) + "\n", encoding="utf-8")
-    return path
+    text = json.dumps(metrics, indent=2, sort_keys=False, default=float) + "\n"
+    return atomic_write_text(out_dir / "metrics.json", text)
 
 
 def sample_grid(rows: list[dict[str, Any]], width: int = 1024) -> Image.Image:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from attngan.bundle import Bundle, load_bundle
 from attngan.config import load_config
 from attngan.errors import AttnGANError
+from attngan.fileio import atomic_write_text
 from attngan.pipeline import check_candidates, check_truncation
 from attngan.render import save_palette_png
 from attngan.text import pad_caption
@@ -709,8 +710,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
             pictures["training_curves_skipped"] = f"no scalar series in the event files under {where}"
     metrics["pictures"] = pictures
     metrics["protocol"]["seconds"] = time.perf_counter() - t_start
-    report.write_metrics_json(opts.out, metrics)
-    (opts.out / "report.md").write_text(report.render_markdown(metrics), encoding="utf-8")
+    atomic_write_text(opts.out / "report.md", report.render_markdown(metrics))
+    report.write_metrics_json(opts.out, metrics)  # last: a metrics.json newer than the bundle means a whole evaluation
     return metrics
 
 

@@ -71,6 +71,9 @@ class TrainConfig:
     # at the file's size against what the caption names, with this weight (parts too small for IMAGE_BACKBONE); 0: off
     DETAIL_PART_WEIGHTS: str = ""  # DETAIL_LOSS: factors on single parts' terms, e.g. 'eyering=4' (its cross-entropy
     # counts 4 times; trainer.gan.detail_part_weights); '': every part once
+    CAPTION_FOCUS: str = ""  # GAN, synthetic birds, PART_LOSS or DETAIL_LOSS on: 'eyering=0.5' trains on one of an
+    # image's captions that name the part half the time (when it has one), so a part that few captions name is asked
+    # for more often (trainer.gan.caption_focus); '': any of its captions, as the original
     D_AUGMENT: str = ""  # GAN: DiffAugment of every image the discriminators see, e.g. 'translation,cutout'
     # (trainer.augment); '': none, as the original
     PATCH_D_LOSS: float = 0.0  # GAN: weight of G's term from a PatchGAN on the last stage's image (one logit per

@@ -156,7 +156,11 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     reader = _part_reader(cfg, ckpt, image_encoder)
     detail = _detail_reader(cfg, ckpt)
     part_values = {**(reader.parts if reader is not None else {}), **(detail.parts if detail is not None else {})}
-    train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True, part_values=part_values or None)
+    focus = caption_focus(cfg, part_values) if cfg.TRAIN.CAPTION_FOCUS else None
+    if focus:
+        log.info("caption focus: %s", ", ".join(f"a caption naming the {p} {q:.0%} of the time" for p, q in focus.items()))
+    train_set = TextImageDataset(data, "train", cfg, vocab=vocab, train=True, part_values=part_values or None,
+                                 caption_focus=focus)
     columns = {p: i for i, p in enumerate(part_values)}  # each reader's parts as columns of batch.parts
     reader_cols = None if reader is None else [columns[p] for p in reader.parts]
     detail_cols = None if detail is None else [columns[p] for p in detail.parts]
@@ -546,26 +550,45 @@ def _loss_weight(cfg: Config, key: str) -> float:
     return weight
 
 
-def detail_part_weights(cfg: Config, parts: Iterable[str] | None = None) -> dict[str, float]:
-    """TRAIN.DETAIL_PART_WEIGHTS as {part: factor} ('eyering=4,bill=2'); one line when it is malformed, a factor is
-    negative, or (given the detail reader's `parts`) it names a part the reader does not read."""
-    factors: dict[str, float] = {}
-    for item in filter(None, (t.strip() for t in cfg.TRAIN.DETAIL_PART_WEIGHTS.split(","))):
+def _part_numbers(key: str, text: str, example: str, parts: Iterable[str] | None, reader: str,
+                  upper: float = math.inf) -> dict[str, float]:
+    """TRAIN.`key` ('PART=NUMBER,...') as {part: number}; one line when it is malformed, a number is outside
+    [0, upper], or (given the `reader`'s `parts`) it names a part the reader does not read."""
+    numbers: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, value = (t.strip() for t in item.partition("="))
         try:
-            factor = float(value)  # '' (no '=') and words raise; nan and inf fail the check below
+            number = float(value)  # '' (no '=') and words raise; nan and inf fail the check below
         except ValueError:
-            factor = math.nan
-        if not name or not (factor >= 0 and math.isfinite(factor)):
-            raise AttnGANError(f"TRAIN.DETAIL_PART_WEIGHTS: {item!r} must look like PART=FACTOR with FACTOR >= 0, "
-                               "e.g. 'eyering=4'")
-        factors[name] = factor
+            number = math.nan
+        if not name or not (0 <= number <= upper and math.isfinite(number)):
+            bound = f"0 <= NUMBER <= {upper:g}" if math.isfinite(upper) else "NUMBER >= 0"
+            raise AttnGANError(f"TRAIN.{key}: {item!r} must look like PART=NUMBER with {bound}, e.g. {example!r}")
+        numbers[name] = number
     if parts is not None:
-        unread = [p for p in factors if p not in parts]
+        parts = list(parts)
+        unread = [p for p in numbers if p not in parts]
         if unread:
-            raise AttnGANError(f"TRAIN.DETAIL_PART_WEIGHTS names {unread[0]!r}, which the detail reader does not "
-                               f"read; it reads {', '.join(parts)}")
-    return factors
+            raise AttnGANError(f"TRAIN.{key} names {unread[0]!r}, which {reader} does not read; it reads "
+                               f"{', '.join(parts) or 'nothing'}")
+    return numbers
+
+
+def detail_part_weights(cfg: Config, parts: Iterable[str] | None = None) -> dict[str, float]:
+    """TRAIN.DETAIL_PART_WEIGHTS as {part: factor} ('eyering=4,bill=2'), checked against the detail reader's
+    `parts` when given."""
+    return _part_numbers("DETAIL_PART_WEIGHTS", cfg.TRAIN.DETAIL_PART_WEIGHTS, "eyering=4", parts,
+                         "the detail reader")
+
+
+def caption_focus(cfg: Config, parts: Iterable[str] | None = None) -> dict[str, float]:
+    """TRAIN.CAPTION_FOCUS as {part: probability} ('eyering=0.5'), checked against the parts the GAN's readers
+    read (their labels pick the captions) when given; the probabilities add up to at most 1."""
+    focus = _part_numbers("CAPTION_FOCUS", cfg.TRAIN.CAPTION_FOCUS, "eyering=0.5", parts,
+                          "neither the part loss's reader nor the detail loss's", upper=1.0)
+    if sum(focus.values()) > 1 + 1e-9:
+        raise AttnGANError(f"TRAIN.CAPTION_FOCUS: the probabilities add up to {sum(focus.values()):g}, more than 1")
+    return focus
 
 
 def _part_reader(cfg: Config, ckpt: dict | None, image_encoder):

@@ -188,6 +188,45 @@ def test_dataset_carries_what_each_drawn_caption_names(birds):
     assert TextImageDataset(birds, "train", cfg)[0].parts is None  # off by default
 
 
+def test_caption_focus_trains_on_captions_that_name_the_part(birds):
+    """TRAIN.CAPTION_FOCUS: with eyering=1 every image that has a caption naming its eye ring is shown one; with
+    eyering=0.5 about half the time; off, the draws are the original's, sample for sample."""
+    from trainer.data import TextImageDataset
+    from trainer.data.synth import ATTRIBUTE_VALUES
+    from trainer.evaluate import faithfulness as fz
+    from trainer.gan import caption_focus
+
+    parts = {p: list(v) for p, v in ATTRIBUTE_VALUES.items()}
+    ring = list(parts).index("eyering")
+    cfg = load_config(DAMSM_CFG, TINY_DAMSM)
+    plain = TextImageDataset(birds, "train", cfg, train=True, part_values=parts)
+    has_ring_caption = [i for i in range(len(plain)) if bool((plain.part_labels[i][:, ring] >= 0).any())]
+    assert 0 < len(has_ring_caption) < len(plain)
+
+    def named_share(ds) -> float:
+        return sum(int(ds[(i, s)].parts[ring] >= 0) for i in has_ring_caption for s in range(20)) / (
+            20 * len(has_ring_caption))
+
+    always = TextImageDataset(birds, "train", cfg, train=True, part_values=parts, caption_focus={"eyering": 1.0})
+    half = TextImageDataset(birds, "train", cfg, train=True, part_values=parts, caption_focus={"eyering": 0.5})
+    assert named_share(always) == 1.0
+    base = named_share(plain)
+    assert base < 0.5 and 0.5 + base / 2 - 0.1 < named_share(half) < 0.5 + base / 2 + 0.1
+    others = [i for i in range(len(plain)) if i not in has_ring_caption]  # no caption names it: any caption
+    assert {int(always[(i, s)].parts[ring]) for i in others for s in range(3)} == {fz.IGNORE}
+    off = TextImageDataset(birds, "train", cfg, train=True, part_values=parts, caption_focus={})
+    assert all(torch.equal(off[(i, i)].caption, plain[(i, i)].caption) for i in range(len(plain)))
+
+    assert caption_focus(load_config(DAMSM_CFG, ["TRAIN.CAPTION_FOCUS=eyering=0.5, crown=0.25"]), parts) == {
+        "eyering": 0.5, "crown": 0.25}
+    for value, expected in [("eyering=2", "0 <= NUMBER <= 1"), ("eyering", "PART=NUMBER"),
+                            ("eyering=0.7,crown=0.6", "add up to 1.3"), ("nape=0.5", "'nape', which neither")]:
+        with pytest.raises(AttnGANError, match=expected):
+            caption_focus(load_config(DAMSM_CFG, [f"TRAIN.CAPTION_FOCUS={value}"]), {"eyering": [], "crown": []})
+    with pytest.raises(AttnGANError, match="caption focus on 'eyering'"):
+        TextImageDataset(birds, "train", cfg, part_values={"crown": parts["crown"]}, caption_focus={"eyering": 1})
+
+
 def test_part_loss_pulls_an_image_towards_the_named_values(backbone):
     """The gradient the generator gets: images optimised on the part loss alone come to be read as the values
     named for them (through the frozen trunk and heads, as in the GAN step)."""
@@ -270,6 +309,7 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
     assert ckpt["detail_pool"] == "attention" and ckpt["detail_reader"]["where.weight"].shape[0] == len(readable)
     assert {f"heads.{p}.weight" for p in readable} | {"encoder.trunk.0.0.weight"} <= set(ckpt["detail_reader"])
     # resumes from its checkpoint even when the backbone file has gone, here with one part's detail term weighed up
+    # and half the captions naming it
     moved = path.with_name("moved.safetensors")
     path.rename(moved)
     detail_path.rename(tmp_path / "detail_moved.safetensors")
@@ -277,12 +317,15 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
     try:
         logging.getLogger("trainer").addHandler(caplog.handler)  # the trainer's logger does not propagate
         with caplog.at_level(logging.INFO, logger="trainer"):
-            train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44", weighed]), str(birds), str(tmp_path / "gan"))
+            train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=44", weighed,
+                                                   f"TRAIN.CAPTION_FOCUS={min(readable)}=0.5"]),
+                      str(birds), str(tmp_path / "gan"))
     finally:
         logging.getLogger("trainer").removeHandler(caplog.handler)
         moved.rename(path)
     assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 44
     assert "the run's own reader from its checkpoint" in caplog.text  # says why a new DETAIL_BACKBONE is not read
+    assert f"caption focus: a caption naming the {min(readable)} 50% of the time" in caplog.text
 
     other = tmp_path / "other.safetensors"
     train_backbone(other, renders=64, epochs=1, size=64, seed=9, held_out=8, progress=False)
@@ -293,10 +336,12 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
                             ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'none.safetensors'}"], "DETAIL_BACKBONE .* does not exist"),
                             ([f"TRAIN.IMAGE_BACKBONE={tmp_path / 'detail_moved.safetensors'}"], "goes in TRAIN.DETAIL"),
                             (["TRAIN.DETAIL_LOSS=-1"], "DETAIL_LOSS must be"),
-                            (["TRAIN.DETAIL_PART_WEIGHTS=eyering"], "must look like PART=FACTOR"),
+                            (["TRAIN.DETAIL_PART_WEIGHTS=eyering"], "must look like PART=NUMBER"),
                             ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'detail_moved.safetensors'}", "TRAIN.DETAIL_PART_WEIGHTS=nape=2"],
                              "'nape', which the detail reader does not read"),
-                            (["TRAIN.DETAIL_LOSS=0", "TRAIN.DETAIL_PART_WEIGHTS=crown=2"], "set TRAIN.DETAIL_LOSS")]:
+                            (["TRAIN.DETAIL_LOSS=0", "TRAIN.DETAIL_PART_WEIGHTS=crown=2"], "set TRAIN.DETAIL_LOSS"),
+                            ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'detail_moved.safetensors'}", "TRAIN.CAPTION_FOCUS=beak=0.5"],
+                             "'beak', which neither the part loss's reader")]:
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2"] + extra), str(birds), str(tmp_path / "bad"))
 

@@ -65,14 +65,26 @@ def load_records(data_dir: str | Path, split: str, cfg: Config) -> SplitRecords:
 
 class TextImageDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: str | Path, split: str, cfg: Config, vocab: Vocabulary | None = None,
-                 train: bool = True, part_values: dict[str, list[str]] | None = None):
+                 train: bool = True, part_values: dict[str, list[str]] | None = None,
+                 caption_focus: dict[str, float] | None = None):
         """`part_values` ({part: values}, synthetic birds only): each sample also carries the values its caption
-        names (`Sample.parts`), read from the data set's attributes.json."""
+        names (`Sample.parts`), read from the data set's attributes.json. `caption_focus` ({part: probability},
+        parts of `part_values`): with that probability a sample's caption is one that names the part, when the
+        image has one (TRAIN.CAPTION_FOCUS)."""
         if not data_dir and not cfg.DATA_DIR:
             raise AttnGANError("no data directory: set DATA_DIR in the config or pass --data-dir")
         data_dir = Path(data_dir or cfg.DATA_DIR)
         records = load_records(data_dir, split, cfg)
         self.part_labels = None if part_values is None else _caption_part_labels(data_dir, records, part_values)
+        columns = list(part_values or {})
+        unknown = [p for p in caption_focus or {} if p not in columns]
+        if unknown:
+            raise AttnGANError(f"caption focus on {unknown[0]!r}: the data set's labels here are of "
+                               f"{', '.join(columns) or 'no part'}")
+        # per focused part: its probability and, per image, the captions that name it (label >= 0; IGNORE < 0)
+        self.caption_focus = [(q, [torch.nonzero(labels[:, columns.index(p)] >= 0).flatten().tolist()
+                                   for labels in self.part_labels])
+                              for p, q in (caption_focus or {}).items() if q > 0]
         if vocab is not None and vocab != records.vocab:
             records.captions = remap_captions(records.captions, records.vocab, vocab)
             records.vocab = vocab
@@ -123,7 +135,7 @@ class TextImageDataset(torch.utils.data.Dataset):
             seed = int(torch.randint(0, 2 ** 62, (1,)).item())
         rng = np.random.default_rng(seed)
         caps = self.records.captions[index]
-        choice = int(rng.integers(0, len(caps)))
+        choice = self._caption_choice(index, rng)
         if not caps[choice]:  # only possible after remapping to another vocabulary
             nonempty = [c for c in caps if c]
             if not nonempty:
@@ -135,6 +147,19 @@ class TextImageDataset(torch.utils.data.Dataset):
             parts = self.part_labels[index][self.records.captions[index].index(caps[choice])]
         return Sample(images=self.images(index, rng), caption=torch.from_numpy(ids), length=length,
                       class_id=int(self.class_ids[index]), key=self.keys[index], parts=parts)
+
+
+    def _caption_choice(self, index: int, rng: np.random.Generator) -> int:
+        """Any of the image's captions; with caption focus, first maybe one that names a focused part."""
+        if self.caption_focus:
+            draw = rng.random()
+            for probability, naming in self.caption_focus:
+                if draw < probability:
+                    if naming[index]:
+                        return naming[index][int(rng.integers(0, len(naming[index])))]
+                    break
+                draw -= probability
+        return int(rng.integers(0, len(self.records.captions[index])))
 
 
 def _caption_part_labels(data_dir: Path, records: SplitRecords, part_values: dict[str, list[str]]

@@ -569,8 +569,9 @@ def _part_numbers(key: str, text: str, example: str, parts: Iterable[str] | None
         parts = list(parts)
         unread = [p for p in numbers if p not in parts]
         if unread:
-            raise AttnGANError(f"TRAIN.{key} names {unread[0]!r}, which {reader} does not read; it reads "
-                               f"{', '.join(parts) or 'nothing'}")
+            raise AttnGANError(f"TRAIN.{key} names {unread[0]!r}, which is not among the parts {reader} read"
+                               f"{'s' if reader.endswith('reader') else ''}: "
+                               f"{', '.join(parts) or 'none (TRAIN.PART_LOSS and TRAIN.DETAIL_LOSS are off)'}")
     return numbers
 
 
@@ -585,7 +586,7 @@ def caption_focus(cfg: Config, parts: Iterable[str] | None = None) -> dict[str, 
     """TRAIN.CAPTION_FOCUS as {part: probability} ('eyering=0.5'), checked against the parts the GAN's readers
     read (their labels pick the captions) when given; the probabilities add up to at most 1."""
     focus = _part_numbers("CAPTION_FOCUS", cfg.TRAIN.CAPTION_FOCUS, "eyering=0.5", parts,
-                          "neither the part loss's reader nor the detail loss's", upper=1.0)
+                          "the part and detail losses", upper=1.0)
     if sum(focus.values()) > 1 + 1e-9:
         raise AttnGANError(f"TRAIN.CAPTION_FOCUS: the probabilities add up to {sum(focus.values()):g}, more than 1")
     return focus

@@ -220,9 +220,12 @@ def test_caption_focus_trains_on_captions_that_name_the_part(birds):
     assert caption_focus(load_config(DAMSM_CFG, ["TRAIN.CAPTION_FOCUS=eyering=0.5, crown=0.25"]), parts) == {
         "eyering": 0.5, "crown": 0.25}
     for value, expected in [("eyering=2", "0 <= NUMBER <= 1"), ("eyering", "PART=NUMBER"),
-                            ("eyering=0.7,crown=0.6", "add up to 1.3"), ("nape=0.5", "'nape', which neither")]:
+                            ("eyering=0.7,crown=0.6", "add up to 1.3"),
+                            ("nape=0.5", "'nape', which is not among the parts the part and detail losses read: eye")]:
         with pytest.raises(AttnGANError, match=expected):
             caption_focus(load_config(DAMSM_CFG, [f"TRAIN.CAPTION_FOCUS={value}"]), {"eyering": [], "crown": []})
+    with pytest.raises(AttnGANError, match=r"read: none \(TRAIN.PART_LOSS and TRAIN.DETAIL_LOSS are off\)"):
+        caption_focus(load_config(DAMSM_CFG, ["TRAIN.CAPTION_FOCUS=eyering=0.5"]), {})
     with pytest.raises(AttnGANError, match="caption focus on 'eyering'"):
         TextImageDataset(birds, "train", cfg, part_values={"crown": parts["crown"]}, caption_focus={"eyering": 1})
 
@@ -338,10 +341,10 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
                             (["TRAIN.DETAIL_LOSS=-1"], "DETAIL_LOSS must be"),
                             (["TRAIN.DETAIL_PART_WEIGHTS=eyering"], "must look like PART=NUMBER"),
                             ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'detail_moved.safetensors'}", "TRAIN.DETAIL_PART_WEIGHTS=nape=2"],
-                             "'nape', which the detail reader does not read"),
+                             "'nape', which is not among the parts the detail reader reads"),
                             (["TRAIN.DETAIL_LOSS=0", "TRAIN.DETAIL_PART_WEIGHTS=crown=2"], "set TRAIN.DETAIL_LOSS"),
                             ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'detail_moved.safetensors'}", "TRAIN.CAPTION_FOCUS=beak=0.5"],
-                             "'beak', which neither the part loss's reader")]:
+                             "'beak', which is not among the parts the part and detail losses read")]:
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2"] + extra), str(birds), str(tmp_path / "bad"))
 

@@ -148,7 +148,6 @@ class TextImageDataset(torch.utils.data.Dataset):
         return Sample(images=self.images(index, rng), caption=torch.from_numpy(ids), length=length,
                       class_id=int(self.class_ids[index]), key=self.keys[index], parts=parts)
 
-
     def _caption_choice(self, index: int, rng: np.random.Generator) -> int:
         """Any of the image's captions; with caption focus, first maybe one that names a focused part."""
         if self.caption_focus:

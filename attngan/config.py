@@ -69,6 +69,9 @@ class TrainConfig:
     DETAIL_BACKBONE: str = ""  # GAN, synthetic birds: an attention-pooled backbone (`attngan train backbone --size
     DETAIL_LOSS: float = 0.0  # 128 --pool attention`); its own trunk and readable heads read the last stage's image
     # at the file's size against what the caption names, with this weight (parts too small for IMAGE_BACKBONE); 0: off
+    DETAIL_EVERY_STAGE: bool = False  # DETAIL_LOSS: read every stage's image (each resized to the reader's size,
+    # the terms averaged), as PART_LOSS does, so the 64 px stage, where colours are laid out, is asked for small parts
+    # too; False: the last stage's image only
     DETAIL_PART_WEIGHTS: str = ""  # DETAIL_LOSS: factors on single parts' terms, e.g. 'eyering=4' (its cross-entropy
     # counts 4 times; trainer.gan.detail_part_weights); '': every part once
     CAPTION_FOCUS: str = ""  # GAN, synthetic birds, PART_LOSS or DETAIL_LOSS on: 'eyering=0.5' trains on one of an
@@ -85,6 +88,9 @@ class TrainConfig:
     # switched on when resuming, the PatchGAN's weights carry over (its sentence head starts new)
     HEAD_D_WORDS: bool = False  # GAN, with HEAD_D_CONDITIONAL: that head reads the caption's words instead of its
     # sentence vector, each window attending over them as the generator does (attngan.model.WordDLogits)
+    HEAD_D_SWAP_PART: str = ""  # GAN, with HEAD_D_CONDITIONAL, synthetic birds: e.g. 'eyering': each real head whose
+    # caption names that part's colour is also shown with the colour swapped for another, as a mismatched pair, so the
+    # head D learns to check that part against the words (trainer.gan.swapped_condition); '': off
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

@@ -191,6 +191,7 @@ class ImageEncoder(nn.Module):
         self.inception_bn_train = inception_bn_train
         self.input_size = input_size
         self.frozen_trunk = False  # freeze_trunk(): projections-only training over a pretrained trunk
+        self.frozen_global = False  # ... and its global block too (unless the trunk came without one)
         if kind == "inception":
             for name, block in inception_blocks().items():
                 setattr(self, name, block)
@@ -224,15 +225,17 @@ class ImageEncoder(nn.Module):
                 getattr(self, name).eval()
         elif self.kind == "small" and self.frozen_trunk:
             self.trunk.eval()
-            self.trunk_global.eval()
+            if self.frozen_global:
+                self.trunk_global.eval()
         return self
 
-    def freeze_trunk(self) -> None:
-        """Train only the projections (as the paper's DAMSM does over its frozen Inception)."""
+    def freeze_trunk(self, global_block: bool = True) -> None:
+        """Train only the projections (as the paper's DAMSM does over its frozen Inception); `global_block=False`
+        trains the global block too (over a detail backbone's trunk, which comes without one)."""
         if self.kind == "small":
-            self.frozen_trunk = True
+            self.frozen_trunk, self.frozen_global = True, global_block
             self.trunk.requires_grad_(False)
-            self.trunk_global.requires_grad_(False)
+            self.trunk_global.requires_grad_(not global_block)
             self.train(self.training)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -201,19 +201,23 @@ def read_backbone(path: str | Path, key: str = "TRAIN.IMAGE_BACKBONE") -> tuple[
 
 
 def read_mean_pooled(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """read_backbone for DAMSM's trunk and the part loss, which read the trunk's global code."""
+    """read_backbone for the part loss and TRAIN.IMAGE_CODE parts, which read the trunk's global code."""
     state, meta = read_backbone(path)
     if meta.get("pool", "mean") != "mean":
-        raise AttnGANError(f"{path} is an attention-pooled detail backbone: it goes in TRAIN.DETAIL_BACKBONE, not "
-                           "TRAIN.IMAGE_BACKBONE (train DAMSM's with the default --pool mean)")
+        raise AttnGANError(f"{path} is an attention-pooled detail backbone: its heads read the trunk's map, not the "
+                           "global code that TRAIN.PART_LOSS and TRAIN.IMAGE_CODE parts read (give them a backbone "
+                           "trained with the default --pool mean)")
     return state, meta
 
 
 def load_backbone(encoder: ImageEncoder, path: str | Path) -> dict[str, Any]:
-    """Copy a backbone file's trunk into a small ImageEncoder; returns the file's metadata."""
-    state, meta = read_mean_pooled(path)
-    state = {k: v for k, v in state.items() if not k.startswith(HEADS_PREFIX)}
+    """Copy a backbone file's trunk into a small ImageEncoder; returns the file's metadata. A detail backbone
+    (`--pool attention`) brings the trunk alone (its global block was never trained): the encoder's stays fresh."""
+    state, meta = read_backbone(path)
+    state = {k: v for k, v in state.items() if not k.startswith((HEADS_PREFIX, WHERE_PREFIX))}
     expected = set(trunk_state(encoder))
+    if meta.get("pool", "mean") == "attention":
+        expected = {k for k in expected if k.startswith("trunk.")}
     if set(state) != expected:
         raise AttnGANError(f"{path} does not fit the small image encoder's trunk "
                            f"(missing {sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]})")

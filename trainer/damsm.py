@@ -73,8 +73,8 @@ def build_image_encoder(cfg: Config, pretrained: bool = False):
 
         if cfg.IMAGE_ENCODER != "small":
             raise AttnGANError("TRAIN.IMAGE_BACKBONE is for IMAGE_ENCODER small (Inception takes TRAIN.INCEPTION_WEIGHTS)")
-        load_backbone(image, cfg.TRAIN.IMAGE_BACKBONE)
-        image.freeze_trunk()
+        meta = load_backbone(image, cfg.TRAIN.IMAGE_BACKBONE)
+        image.freeze_trunk(global_block=meta.get("pool", "mean") == "mean")
         if cfg.TRAIN.IMAGE_CODE == "parts":
             from trainer.backbone import part_code_projection
 

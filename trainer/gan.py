@@ -114,6 +114,15 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     if cfg.TRAIN.HEAD_D_WORDS and not cfg.TRAIN.HEAD_D_CONDITIONAL:
         raise AttnGANError("TRAIN.HEAD_D_WORDS makes the head D's conditional head read the words: set "
                            "TRAIN.HEAD_D_CONDITIONAL too")
+    if cfg.TRAIN.HEAD_D_SWAP_PART:
+        from trainer.data.synth import SWAPPABLE_PARTS
+
+        if not cfg.TRAIN.HEAD_D_CONDITIONAL:
+            raise AttnGANError("TRAIN.HEAD_D_SWAP_PART shows the head D captions with a part's colour swapped as "
+                               "mismatched pairs: set TRAIN.HEAD_D_CONDITIONAL too")
+        if cfg.TRAIN.HEAD_D_SWAP_PART not in SWAPPABLE_PARTS:
+            raise AttnGANError(f"TRAIN.HEAD_D_SWAP_PART {cfg.TRAIN.HEAD_D_SWAP_PART!r} is not a part named by colour: "
+                               f"one of {', '.join(SWAPPABLE_PARTS)}")
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
@@ -351,6 +360,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 with autocast(device, run.amp):
                     real_heads, fake_heads, fake_read = head_crops(detail, reals[-1], fakes[-1])
                 head_cond = head_condition(headD, sent, words, mask)
+                swap = swapped_condition(headD, text_encoder, vocab, batch.captions, batch.lengths,
+                                         cfg.TRAIN.HEAD_D_SWAP_PART, (cfg.TRAIN.SEED, step))
 
             values: dict[str, float] = {}
             for i, (d, opt) in enumerate(zip(every_d, optsD)):
@@ -359,7 +370,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                     if d is patchD:  # last, on the last stage's images
                         errD = losses.patch_discriminator_loss(d, reals[-1], fakes[-1], d_augment)
                     elif d is headD:
-                        errD = head_discriminator_loss(d, real_heads, fake_heads, head_cond, d_augment)
+                        errD = head_discriminator_loss(d, real_heads, fake_heads, head_cond, d_augment, swap)
                     else:
                         errD, _ = losses.discriminator_loss(d, reals[i], fakes[i], sent, d_augment)
                 errD.backward()
@@ -399,9 +410,9 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 total_g = total_g + errG_head
             if detail is not None:
                 with autocast(device, run.amp):
-                    read = fake_read if headD is not None else detail(fakes[-1])  # read once a step
-                    d_loss = losses.part_loss(read, batch.parts[:, detail_cols],
-                                              weights=detail_weights) * cfg.TRAIN.DETAIL_LOSS
+                    d_loss = detail_loss(detail, fakes, batch.parts[:, detail_cols], detail_weights,
+                                         cfg.TRAIN.DETAIL_EVERY_STAGE, fake_read if headD is not None else None)
+                    d_loss = d_loss * cfg.TRAIN.DETAIL_LOSS
                 total_g = total_g + d_loss
             total_g.backward()
             average_gradients(netG.parameters(), info)
@@ -511,12 +522,46 @@ def carry_patch_into_conditional(headD, optD: torch.optim.Optimizer, patch_state
 
 
 def head_discriminator_loss(headD, real_heads: torch.Tensor, fake_heads: torch.Tensor, condition,
-                            augment=None) -> torch.Tensor:
+                            augment=None, swap=None) -> torch.Tensor:
     """The head D's loss: the PatchGAN's, or a stage D's (real/fake with the caption, and real heads with the next
-    caption in the batch as mismatched pairs). `condition`: head_condition's."""
-    if _is_conditional(headD):
-        return losses.discriminator_loss(headD, real_heads, fake_heads, condition, augment)[0]
-    return losses.patch_discriminator_loss(headD, real_heads, fake_heads, augment)
+    caption in the batch as mismatched pairs). `condition`: head_condition's; `swap`: swapped_condition's, more
+    mismatched pairs, counted as the next-caption ones are."""
+    if not _is_conditional(headD):
+        return losses.patch_discriminator_loss(headD, real_heads, fake_heads, augment)
+    loss = losses.discriminator_loss(headD, real_heads, fake_heads, condition, augment)[0]
+    if swap is not None:
+        rows, swapped = swap
+        loss = loss + losses.mismatched_loss(headD, real_heads[rows], swapped, augment) / 3.0
+    return loss
+
+
+def swapped_condition(headD, text_encoder, vocab, captions: torch.Tensor, lengths: torch.Tensor, part: str,
+                      seed: tuple[int, int]):
+    """TRAIN.HEAD_D_SWAP_PART: (rows, condition) of the batch's captions that name `part`'s colour, each with that
+    colour swapped for another (`swap_named_colour`), read as head_condition reads captions; None when the option is
+    off or no caption names the part. A head D shown the next caption as the mismatched one learns the species'
+    big parts; one shown the same caption with only the eye ring's colour changed must look at the eye ring."""
+    if not part:
+        return None
+    import numpy as np
+
+    from trainer.data.synth import swap_named_colour
+
+    rng = np.random.default_rng(seed)  # (SEED, step): the same swaps when a run resumes
+    rows, swapped = [], captions.clone()
+    for i in range(captions.size(0)):
+        tokens = swap_named_colour([vocab.ixtoword[int(t)] for t in captions[i, : int(lengths[i])]], part, rng)
+        ids = None if tokens is None else [vocab.wordtoix.get(w) for w in tokens]
+        if ids is None or None in ids:
+            continue
+        swapped[i, : len(ids)] = torch.tensor(ids, dtype=captions.dtype)
+        rows.append(i)
+    if not rows:
+        return None
+    index = torch.tensor(rows, device=captions.device)
+    with torch.no_grad():
+        words, sent = text_encoder(swapped[index], lengths[index])
+    return index, head_condition(headD, sent, words, swapped[index][:, : words.size(2)] == 0)
 
 
 def head_generator_loss(headD, fake_heads: torch.Tensor, condition, augment=None) -> torch.Tensor:
@@ -532,6 +577,18 @@ def crop_heads(detail, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         centres = detail.attention_centres(images.detach(), HEAD_PART)
     return losses.crop_around(images, centres, head_crop_size(images.shape[-1]))
+
+
+def detail_loss(detail, fakes: list[torch.Tensor], labels: torch.Tensor, weights: list[float] | None,
+                every_stage: bool, last_read: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The detail reader's part loss on the last stage's image (`last_read`: its reading when the head crops
+    already made one) or, `every_stage` (TRAIN.DETAIL_EVERY_STAGE), the mean of it over every stage's image."""
+    loss = losses.part_loss(detail(fakes[-1]) if last_read is None else last_read, labels, weights=weights)
+    if not every_stage:
+        return loss
+    for fake in fakes[:-1]:
+        loss = loss + losses.part_loss(detail(fake), labels, weights=weights)
+    return loss / len(fakes)
 
 
 def head_crops(detail, real: torch.Tensor, fake: torch.Tensor

@@ -145,6 +145,11 @@ def discriminator_loss(netD, real: Tensor, fake: Tensor, sent_emb: Tensor, augme
     return loss, parts
 
 
+def mismatched_loss(netD, real: Tensor, wrong_condition, augment: Augment | None = None) -> Tensor:
+    """More mismatched pairs: real images with captions that do not describe them, which D should call fake."""
+    return _bce(_cond_head(netD)(netD(_augmented(real, augment)), wrong_condition), 0.0)
+
+
 def generator_adversarial_loss(netsD, fakes: list[Tensor], sent_emb: Tensor, augment: Augment | None = None
                                ) -> Tensor:
     """Sum over stages of the unconditional and conditional "fool D" terms (through `augment`, as D saw them)."""

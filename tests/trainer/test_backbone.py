@@ -71,6 +71,34 @@ def test_damsm_keeps_the_backbone_frozen_and_snapshots_it(birds, backbone, tmp_p
     assert not torch.allclose(image["emb_cnn_code.weight"].float(), fresh["emb_cnn_code.weight"].float())
 
 
+def test_damsm_over_a_detail_backbone_trains_the_global_block_it_lacks(birds, tmp_path):
+    """A detail backbone (`--pool attention`, whose trunk reads the eye ring where the averaged one cannot) as
+    DAMSM's TRAIN.IMAGE_BACKBONE: its trunk is loaded and stays frozen; the global block, which the file does not
+    carry, is trained with the projections. The part loss, which reads the global code, refuses the file."""
+    from safetensors.torch import load_file
+
+    from trainer.backbone import load_part_reader, train_backbone
+    from trainer.damsm import build_image_encoder, train_damsm
+
+    detail = tmp_path / "detail.safetensors"
+    train_backbone(detail, renders=64, epochs=1, size=64, seed=5, held_out=16, progress=False, pool="attention")
+    cfg = load_config(DAMSM_CFG, TINY_DAMSM + ["TRAIN.MAX_STEPS=6", "IMAGE_ENCODER_SIZE=64",
+                                               f"TRAIN.IMAGE_BACKBONE={detail}"])
+    encoder = build_image_encoder(cfg, pretrained=True).train()
+    assert not encoder.trunk.training and encoder.trunk_global.training
+    assert not any(p.requires_grad for p in encoder.trunk.parameters())
+    assert all(p.requires_grad for p in encoder.trunk_global.parameters())
+    start = {k: v.clone() for k, v in encoder.state_dict().items() if k.startswith("trunk_global.")}
+    run = train_damsm(cfg, str(birds), str(tmp_path / "damsm"))
+    image = torch.load(max((run / "Model").glob("image_encoder*.pth")), map_location="cpu", weights_only=True)
+    trunk = {k: v for k, v in load_file(str(detail)).items() if k.startswith("trunk.")}
+    for k, v in trunk.items():
+        assert torch.equal(image[k], v), k
+    assert not torch.equal(image["trunk_global.0.weight"], start["trunk_global.0.weight"])  # trained
+    with pytest.raises(AttnGANError, match="global code that TRAIN.PART_LOSS"):
+        load_part_reader(detail, encoder)
+
+
 def test_part_code_carries_every_part_and_stays_fixed_in_damsm(birds, backbone, tmp_path):
     """TRAIN.IMAGE_CODE parts: the global code is a rotation of the backbone's part read-out, so each part's value
     can be read back from it by one fixed linear map; DAMSM trains the text side to it and leaves it unchanged."""
@@ -274,6 +302,32 @@ def test_part_loss_pulls_an_image_towards_the_named_values(backbone):
     assert torch.allclose(losses.part_loss(logits, labels, weights=weights), expected)
 
 
+def test_detail_loss_reads_every_stage_only_when_asked():
+    """TRAIN.DETAIL_EVERY_STAGE: the detail reader's loss reaches the 64 px stage's image (resized to the reader's
+    size), as the mean of each stage's term; off, only the last stage's image is read, once (the head crops' reading
+    is reused when given)."""
+    from trainer import losses
+    from trainer.backbone import PartHeads
+    from trainer.gan import detail_loss
+
+    torch.manual_seed(0)
+    reader = PartHeads({"crown": ["red", "blue", "green"], "eyering": ["none", "black"]}, 64, "attention").eval()
+    labels = torch.tensor([[0, 1], [2, -100]])
+    fakes = [(torch.rand(2, 3, s, s) * 2 - 1).requires_grad_() for s in (32, 64, 128)]
+    last = detail_loss(reader, fakes, labels, None, every_stage=False)
+    assert torch.allclose(last, losses.part_loss(reader(fakes[-1]), labels))
+    last.backward()
+    assert fakes[0].grad is None and fakes[1].grad is None and fakes[2].grad.abs().sum() > 0
+    every = detail_loss(reader, fakes, labels, [1.0, 4.0], every_stage=True)
+    expected = sum(losses.part_loss(reader(f), labels, weights=[1.0, 4.0]) for f in fakes) / 3
+    assert torch.allclose(every, expected)
+    every.backward()
+    assert fakes[0].grad.abs().sum() > 0 and fakes[1].grad.abs().sum() > 0
+    given = {p: torch.zeros(2, len(v)) for p, v in reader.parts.items()}  # a reading already made: not read again
+    assert torch.allclose(detail_loss(reader, fakes, labels, None, every_stage=False, last_read=given),
+                          losses.part_loss(given, labels))
+
+
 def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_their_inputs(birds, backbone, tmp_path,
                                                                                           monkeypatch, caplog):
     """TRAIN.PART_LOSS in the GAN: the backbone's part heads read every stage's image against what the caption
@@ -337,7 +391,7 @@ def test_part_and_detail_losses_in_the_gan_travel_in_the_checkpoint_and_check_th
                             (["TRAIN.PART_LOSS=-1"], "PART_LOSS must be"),
                             (["TRAIN.DETAIL_BACKBONE="], "set TRAIN.DETAIL_BACKBONE"),
                             ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'none.safetensors'}"], "DETAIL_BACKBONE .* does not exist"),
-                            ([f"TRAIN.IMAGE_BACKBONE={tmp_path / 'detail_moved.safetensors'}"], "goes in TRAIN.DETAIL"),
+                            ([f"TRAIN.IMAGE_BACKBONE={tmp_path / 'detail_moved.safetensors'}"], "global code that TRAIN.PART_LOSS"),
                             (["TRAIN.DETAIL_LOSS=-1"], "DETAIL_LOSS must be"),
                             (["TRAIN.DETAIL_PART_WEIGHTS=eyering"], "must look like PART=NUMBER"),
                             ([f"TRAIN.DETAIL_BACKBONE={tmp_path / 'detail_moved.safetensors'}", "TRAIN.DETAIL_PART_WEIGHTS=nape=2"],

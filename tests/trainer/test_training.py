@@ -413,6 +413,44 @@ def test_growing_keeps_the_source_weights_and_initialises_the_new_stage():
         load_grown_generator(big, small64.state_dict(), "s")
 
 
+def test_head_d_is_shown_real_heads_with_the_eye_ring_colour_swapped():
+    """TRAIN.HEAD_D_SWAP_PART: the captions of the batch that name the eye ring's colour come back with another
+    colour in its place (rows and word features, as the head D reads them), the same swaps for the same step, and
+    the head D's loss counts each such real head as one more mismatched pair; off, or with no caption naming the
+    ring, nothing changes."""
+    from attngan.model import ConditionalPatchDiscriminator, TextEncoder
+    from attngan.text import Vocabulary, tokenize
+    from trainer.gan import head_condition, head_discriminator_loss, swapped_condition
+
+    texts = ["a bird with a red crown and white belly", "the bird has a yellow crown and a black eyering",
+             "this bird has a grey back, and its eye ring is bright blue"]
+    colours = ["white", "yellow", "black", "orange", "red", "blue", "grey"]
+    vocab = Vocabulary.build([tokenize(t) for t in texts] + [colours])
+    rows = [[vocab.wordtoix[w] for w in tokenize(t)] for t in texts]
+    lengths = torch.tensor([len(r) for r in rows])
+    captions = torch.zeros(3, int(lengths.max()), dtype=torch.long)
+    for i, r in enumerate(rows):
+        captions[i, : len(r)] = torch.tensor(r)
+    torch.manual_seed(0)
+    text_encoder, headD = TextEncoder(len(vocab), nhidden=16).eval(), ConditionalPatchDiscriminator(8, 16, words=True)
+    index, condition = swapped_condition(headD, text_encoder, vocab, captions, lengths, "eyering", (1, 7))
+    assert index.tolist() == [1, 2] and condition.features.shape[:2] == (2, 16)
+    again = swapped_condition(headD, text_encoder, vocab, captions, lengths, "eyering", (1, 7))[1]
+    assert torch.equal(again.features, condition.features)  # resumable: the same swaps at the same step
+    words, _ = text_encoder(captions[index], lengths[index])
+    assert not torch.allclose(words, condition.features[..., : words.size(2)])  # one colour word changed ...
+    assert torch.equal(condition.mask, captions[index][:, : words.size(2)] == 0)  # ... and the lengths kept
+    assert swapped_condition(headD, text_encoder, vocab, captions, lengths, "", (1, 7)) is None
+    assert swapped_condition(headD, text_encoder, vocab, captions[:1], lengths[:1], "eyering", (1, 7)) is None
+    real, fake = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
+    all_words, all_sent = text_encoder(captions, lengths)
+    cond = head_condition(headD, all_sent, all_words, captions[:, : all_words.size(2)] == 0)
+    headD.eval()  # the same BatchNorm statistics for both calls
+    without = head_discriminator_loss(headD, real, fake, cond)
+    with_swaps = head_discriminator_loss(headD, real, fake, cond, swap=(index, condition))
+    assert with_swaps.item() > without.item()
+
+
 def test_head_discriminator_trains_on_heads_and_travels_in_the_checkpoint(birds, damsm_run, tmp_path, monkeypatch):
     """TRAIN.HEAD_D_LOSS: one more PatchGAN, on crops of the last stage's image (real and generated) around where the
     detail reader looks for the eye ring. It trains beside the stages' Ds (errD_head, errG_head), is carried in the
@@ -465,12 +503,15 @@ def test_head_discriminator_trains_on_heads_and_travels_in_the_checkpoint(birds,
     head = torch.load(run_w / "Model" / "netD_head.pth", map_location="cpu", weights_only=True)
     assert any(k.startswith("COND_DNET.attention.conv_context") for k in head)
     for out, extra, expected in [(run_c, words + ["TRAIN.MAX_STEPS=4"], "TRAIN.HEAD_D_WORDS with it, not later"),
-                                 (tmp_path / "bad", ["TRAIN.HEAD_D_WORDS=true"], "set TRAIN.HEAD_D_CONDITIONAL")]:
+                                 (tmp_path / "bad", ["TRAIN.HEAD_D_WORDS=true"], "set TRAIN.HEAD_D_CONDITIONAL"),
+                                 (tmp_path / "bad", ["TRAIN.HEAD_D_SWAP_PART=eyering"], "set TRAIN.HEAD_D_CONDITIONAL"),
+                                 (tmp_path / "bad", words + ["TRAIN.HEAD_D_SWAP_PART=beak"], "'beak' is not a part named")]:
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + extra), str(birds), str(out))
     # switched on mid-run (as the default model's last stage, with the words): the PatchGAN run resumes with a
-    # word-conditional head D and trains on
-    train_gan(load_config(GAN_CFG, base + words + ["TRAIN.MAX_STEPS=4"]), str(birds), str(run))
+    # word-conditional head D and trains on, here shown eye-ring-swapped captions too
+    train_gan(load_config(GAN_CFG, base + words + ["TRAIN.HEAD_D_SWAP_PART=eyering", "TRAIN.MAX_STEPS=4"]),
+              str(birds), str(run))
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == 4 and any(k.startswith("COND_DNET.attention") for k in ckpt["netsD"][-1])
 

@@ -649,6 +649,43 @@ def named_by_words(record: dict[str, Any]) -> dict[tuple[str, ...], dict[str, st
     return {tuple(tokenize(c["text"])): dict(c.get("named", {})) for c in record.get("captions", [])}
 
 
+SWAPPABLE_PARTS = tuple(p for p in PART_NOUNS  # parts a caption names by a colour alone (swap_named_colour)
+                        if p in ATTRIBUTE_VALUES and set(ATTRIBUTE_VALUES[p]) - {"none"} <= set(COLOUR_WORDS))
+
+
+def _colour_of_word() -> dict[str, str]:
+    """{single word: the colour it names} for the colour phrases' last words ("jet black" -> black via "black")."""
+    return {phrase.split()[-1]: colour for colour, phrases in COLOUR_WORDS.items() for phrase in phrases}
+
+
+def swap_named_colour(tokens: list[str], part: str, rng: np.random.Generator) -> list[str] | None:
+    """A caption's tokens with the colour it names for `part` swapped for another of the part's colours ("a black
+    eye ring" -> "a grey eye ring", "its eyering is slate grey" -> "its eyering is slate red"); None when the caption
+    does not name the part's colour. The mismatched caption the head D learns to refuse (TRAIN.HEAD_D_SWAP_PART)."""
+    from attngan.text import tokenize
+
+    colour_of = _colour_of_word()
+    nouns = sorted({tuple(tokenize(noun)) for noun, _ in PART_NOUNS[part]}, key=len, reverse=True)
+    longer = [tuple(tokenize(noun)) for other, forms in PART_NOUNS.items() if other != part for noun, _ in forms]
+    for start in range(len(tokens)):
+        noun = next((n for n in nouns if tuple(tokens[start:start + len(n)]) == n), None)
+        if noun is None or any(len(o) > len(noun) and tuple(tokens[start:start + len(o)]) == o for o in longer):
+            continue  # not the part ("eye" of "eye ring")
+        at = start - 1 if start and tokens[start - 1] in colour_of else None  # "a black eye ring"
+        end = start + len(noun)
+        for between in (["of", "this", "bird"], ["that"]):  # "the eyes of this bird are red", "... that is red"
+            if tokens[end:end + len(between)] == between:
+                end += len(between)
+        if at is None and tokens[end:end + 1] in (["is"], ["are"]):  # "its eye ring is slate grey"
+            at = next((i for i in range(end + 1, min(end + 4, len(tokens))) if tokens[i] in colour_of), None)
+        if at is None:
+            continue
+        named = colour_of[tokens[at]]
+        others = [c for c in ATTRIBUTE_VALUES[part] if c not in ("none", named) and c in COLOUR_WORDS]
+        return [*tokens[:at], COLOUR_WORDS[others[int(rng.integers(len(others)))]][0], *tokens[at + 1:]]
+    return None
+
+
 def preview_grid(data_dir: str | Path, out_path: str | Path, n: int = 12, columns: int = 4,
                  cell: int = 256) -> Path:
     """A picture of the first `n` images of a CUB-layout data set, each with its first caption beneath."""

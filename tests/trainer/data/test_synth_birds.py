@@ -22,6 +22,7 @@ from trainer.data.synth import (
     COLOUR_WORDS,
     load_attributes,
     render_bird,
+    swap_named_colour,
     synthesize,
 )
 
@@ -99,6 +100,34 @@ def test_captions_are_truthful_and_varied(synth_200):
                  "olive", "tan", "rufous", "iridescent", "purple", "pink", "crown", "head", "beak", "bill",
                  "eyering", "ring", "wings", "wingbars", "breast", "chest", "belly", "abdomen", "stomach", "tail"]:
         assert word in vocab, word
+
+
+def test_swapping_a_named_colour_changes_that_part_alone(synth_200):
+    """TRAIN.HEAD_D_SWAP_PART's mismatched captions: for every caption that names the eye ring (or the eye), one
+    word changes, the one naming that part's colour, to another colour the part can have; captions that do not name
+    the part are left alone (None). "eye" is never read inside "eye ring"."""
+    rng = np.random.default_rng(0)
+    colour_of = {phrase.split()[-1]: c for c, phrases in COLOUR_WORDS.items() for phrase in phrases}
+    seen = dict.fromkeys(("eyering", "eye"), 0)
+    for rec in load_attributes(synth_200).values():
+        for cap in rec["captions"]:
+            tokens = tokenize(cap["text"])
+            for part in seen:
+                swapped = swap_named_colour(tokens, part, rng)
+                if part not in cap["named"]:
+                    assert swapped is None or (part == "eye" and "ring" in tokens), cap  # no colour to swap
+                    continue
+                seen[part] += 1
+                assert swapped is not None and len(swapped) == len(tokens), cap
+                changed = [i for i, (a, b) in enumerate(zip(tokens, swapped)) if a != b]
+                assert len(changed) == 1, (cap, swapped)
+                old, new = tokens[changed[0]], swapped[changed[0]]
+                assert colour_of[old] == cap["named"][part], (cap, swapped)
+                assert new in ATTRIBUTE_VALUES[part] and new != cap["named"][part] and new != "none", (cap, swapped)
+    assert seen["eyering"] > 100 and seen["eye"] > 50, seen
+    challenge = tokenize("the bird has a yellow crown and a black eyering that is round")
+    swapped = swap_named_colour(challenge, "eyering", rng)
+    assert swapped[:8] == challenge[:8] and swapped[8] not in ("black", "yellow") and swapped[9:] == challenge[9:]
 
 
 def test_render_bird_paints_big_flat_part_colours():

@@ -18,6 +18,7 @@ Output (byte-identical for the same seed and arguments):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -653,20 +654,24 @@ SWAPPABLE_PARTS = tuple(p for p in PART_NOUNS  # parts a caption names by a colo
                         if p in ATTRIBUTE_VALUES and set(ATTRIBUTE_VALUES[p]) - {"none"} <= set(COLOUR_WORDS))
 
 
-def _colour_of_word() -> dict[str, str]:
-    """{single word: the colour it names} for the colour phrases' last words ("jet black" -> black via "black")."""
-    return {phrase.split()[-1]: colour for colour, phrases in COLOUR_WORDS.items() for phrase in phrases}
+@functools.cache
+def _swap_tables(part: str) -> tuple[dict[str, str], list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """swap_named_colour's lookups, made once per part (it runs on every caption of every GAN step): {single word:
+    the colour it names} from the colour phrases' last words ("jet black" -> black via "black"), the part's nouns as
+    tokens (longest first), and the other parts' nouns."""
+    from attngan.text import tokenize
+
+    colour_of = {phrase.split()[-1]: colour for colour, phrases in COLOUR_WORDS.items() for phrase in phrases}
+    nouns = sorted({tuple(tokenize(noun)) for noun, _ in PART_NOUNS[part]}, key=len, reverse=True)
+    others = [tuple(tokenize(noun)) for other, forms in PART_NOUNS.items() if other != part for noun, _ in forms]
+    return colour_of, nouns, others
 
 
 def swap_named_colour(tokens: list[str], part: str, rng: np.random.Generator) -> list[str] | None:
     """A caption's tokens with the colour it names for `part` swapped for another of the part's colours ("a black
     eye ring" -> "a grey eye ring", "its eyering is slate grey" -> "its eyering is slate red"); None when the caption
     does not name the part's colour. The mismatched caption the head D learns to refuse (TRAIN.HEAD_D_SWAP_PART)."""
-    from attngan.text import tokenize
-
-    colour_of = _colour_of_word()
-    nouns = sorted({tuple(tokenize(noun)) for noun, _ in PART_NOUNS[part]}, key=len, reverse=True)
-    longer = [tuple(tokenize(noun)) for other, forms in PART_NOUNS.items() if other != part for noun, _ in forms]
+    colour_of, nouns, longer = _swap_tables(part)
     for start in range(len(tokens)):
         noun = next((n for n in nouns if tuple(tokens[start:start + len(n)]) == n), None)
         if noun is None or any(len(o) > len(noun) and tuple(tokens[start:start + len(o)]) == o for o in longer):

@@ -91,6 +91,10 @@ class TrainConfig:
     HEAD_D_SWAP_PART: str = ""  # GAN, with HEAD_D_CONDITIONAL, synthetic birds: e.g. 'eyering': each real head whose
     # caption names that part's colour is also shown with the colour swapped for another, as a mismatched pair, so the
     # head D learns to check that part against the words (trainer.gan.swapped_condition); '': off
+    RING_MAP: str = ""  # GAN, synthetic birds: a per-pixel reader of the eye ring in 64 px head crops (`attngan train
+    RING_MAP_LOSS: float = 0.0  # ring-map`); each generated head (cropped where the detail reader looks, as
+    # HEAD_D_LOSS's) is asked for as many pixels of the named ring as a real head has (trainer.ring_map.ring_area_loss),
+    # with this weight, so the ring is drawn round the eye at its width, not as a rim; 0: off
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

@@ -150,30 +150,38 @@ def median(values: list[float]) -> float:
 
 
 def print_real_discs(reader, data: str, n: int = 64) -> tuple[float, float]:
-    """The eye disc on up to `n` test images with a black eye, per eye ring (black / none / another colour), as the
-    generator is trained on them (256 px, centre crop); returns the medians with a black ring and with none."""
+    """The eye disc on up to `n` test images with a black eye, per eye ring (black / none / another colour), and
+    with a black ring round an eye of another colour (what the ring encloses counts: trainer.evaluate.eye_disc), as
+    the generator is trained on them (256 px, centre crop); returns the black eye's medians with a black ring and
+    with none."""
     from attngan.config import load_config
     from trainer.data.dataset import TextImageDataset
     from trainer.data.synth import load_attributes
 
     attrs = load_attributes(data)
     ds = TextImageDataset(data, "test", load_config(None, ["TREE.BRANCH_NUM=1", "TREE.BASE_SIZE=256"]), train=False)
-    groups: dict[str, list[int]] = {"a black ring": [], "no ring": [], "another ring colour": []}
+    groups: dict[str, list[int]] = {"black eye, black ring": [], "black eye, no ring": [],
+                                    "black eye, another ring colour": [], "other eye, black ring": []}
     for i, key in enumerate(ds.keys):
         part = attrs.get(key, {}).get("attributes", {})
+        ring = part.get("eyering")
         if part.get("eye") == "black":
-            ring = part.get("eyering")
-            group = groups["a black ring" if ring == "black" else "no ring" if ring == "none" else "another ring colour"]
-            if len(group) < n:
-                group.append(i)
+            group = groups["black eye, " + ("black ring" if ring == "black" else "no ring" if ring == "none"
+                                            else "another ring colour")]
+        elif ring == "black":
+            group = groups["other eye, black ring"]
+        else:
+            continue
+        if len(group) < n:
+            group.append(i)
     discs = {name: eye_discs(reader, torch.stack([ds.images(i)[-1] for i in idx])) if idx else []
              for name, idx in groups.items()}
     out = {name: median([r for r, _ in found]) for name, found in discs.items()}
     for name, found in discs.items():  # the instrument on known answers: how it sorts the real discs
-        kinds = Counter(disc_kind(d, (out["a black ring"], out["no ring"])) for d in found)
-        print(f"  real eye disc, black eye with {name:19s} median {out[name]:.1f} px over {len(found)} test images: "
+        kinds = Counter(disc_kind(d, (out["black eye, black ring"], out["black eye, no ring"])) for d in found)
+        print(f"  real eye disc, {name:30s} median {out[name]:.1f} px over {len(found)} test images: "
               f"ring-sized {kinds['ring']}, eye-sized {kinds['eye']}, not round {kinds['not round']}")
-    return out["a black ring"], out["no ring"]
+    return out["black eye, black ring"], out["black eye, no ring"]
 
 
 def test_part_faithfulness(t2i, reader, data: str, part: str, n: int, first_seed: int,

@@ -164,18 +164,25 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
 
 def save_backbone(model: PartHeads, meta: dict[str, Any], out: str | Path) -> Path:
     """Write `model` as a backbone file (safetensors, `meta` as its "attngan" metadata), atomically."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     heads = {f"{HEADS_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.heads.state_dict().items()}
     if model.pool == "attention":  # its global block is untrained: only the trunk and the attention heads are kept
         trunk = {k: v for k, v in trunk_state(model.encoder).items() if k.startswith("trunk.")}
         heads.update({f"{WHERE_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.where.state_dict().items()})
     else:
         trunk = trunk_state(model.encoder)
-    save_file({**trunk, **heads}, str(tmp), metadata={"attngan": json.dumps(meta)})
+    return save_tagged({**trunk, **heads}, meta, out)
+
+
+def save_tagged(state: dict[str, torch.Tensor], meta: dict[str, Any], out: str | Path) -> Path:
+    """Write tensors as safetensors with `meta` (its "format" says what made them) as the "attngan" metadata,
+    atomically: a backbone file, a ring map file."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp),
+              metadata={"attngan": json.dumps(meta)})
     tmp.replace(out)
     return out
 
@@ -183,20 +190,27 @@ def save_backbone(model: PartHeads, meta: dict[str, Any], out: str | Path) -> Pa
 def read_backbone(path: str | Path, key: str = "TRAIN.IMAGE_BACKBONE") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(trunk state, metadata) from a backbone file, with one-line errors (naming the config `key` it came from)
     for anything else."""
+    return read_tagged(path, BACKBONE_FORMAT, key, "an image backbone", "attngan train backbone")
+
+
+def read_tagged(path: str | Path, fmt: str, key: str, what: str, command: str
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a save_tagged file whose metadata "format" is `fmt`, with one-line errors (naming the
+    config `key` it came from, `what` it should be and the `command` that makes one) for anything else."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise AttnGANError(f"{key} {path} does not exist (make one with `attngan train backbone`)")
+        raise AttnGANError(f"{key} {path} does not exist (make one with `{command}`)")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("attngan")
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise AttnGANError(f"{path} is not a safetensors backbone file: {exc}") from None
+        raise AttnGANError(f"{path} is not a safetensors file: {exc}") from None
     meta = json.loads(raw) if raw else {}
-    if meta.get("format") != BACKBONE_FORMAT:
-        raise AttnGANError(f"{path} is not an image backbone made by `attngan train backbone`")
+    if meta.get("format") != fmt:
+        raise AttnGANError(f"{path} is not {what} made by `{command}`")
     return state, meta
 
 

@@ -45,6 +45,14 @@ def register(subparsers: Any) -> None:
                           help="draw that share of the eye rings as thin rims labelled 'none', so the reader counts "
                           "a ring only at its full width (default 0)")
     backbone.set_defaults(func=_train_backbone)
+    ring_map = tsub.add_parser("ring-map", help="train a per-pixel reader of the eye ring in synthetic birds' heads "
+                               "(TRAIN.RING_MAP, for TRAIN.RING_MAP_LOSS)")
+    ring_map.add_argument("--out", required=True, type=Path, help="ring map file to write (.safetensors)")
+    ring_map.add_argument("--renders", type=int, default=12000, help="fresh head crops to train on (default 12000)")
+    ring_map.add_argument("--epochs", type=int, default=4, help="passes over the crops (default 4)")
+    ring_map.add_argument("--seed", type=int, default=0, help="render and training seed (default 0)")
+    ring_map.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda[:N]")
+    ring_map.set_defaults(func=_train_ring_map)
     train.set_defaults(func=lambda args: (train.print_help(), 2)[1])
 
     export = subparsers.add_parser("export", help="write a model bundle from a GAN training run folder")
@@ -83,6 +91,15 @@ def _train_backbone(args: argparse.Namespace) -> int:
                           device=args.device, thin_rims=args.thin_rims)
     print(f"{args.out}: {100 * meta['held_out_accuracy']:.1f}% of parts right on {meta['held_out_renders']} "
           "held-out renders")
+    return 0
+
+
+def _train_ring_map(args: argparse.Namespace) -> int:
+    from trainer.ring_map import train_ring_map
+
+    meta = train_ring_map(args.out, renders=args.renders, epochs=args.epochs, seed=args.seed, device=args.device)
+    print(f"{args.out}: ring IoU {100 * meta['held_out_ring_iou']:.1f}%, ring colour right on "
+          f"{100 * meta['held_out_ring_colour']:.1f}% of ring pixels, over {meta['held_out_renders']} held-out heads")
     return 0
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from attngan.config import Config
 from attngan.errors import AttnGANError
@@ -123,6 +124,9 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
         if cfg.TRAIN.HEAD_D_SWAP_PART not in SWAPPABLE_PARTS:
             raise AttnGANError(f"TRAIN.HEAD_D_SWAP_PART {cfg.TRAIN.HEAD_D_SWAP_PART!r} is not a part named by colour: "
                                f"one of {', '.join(SWAPPABLE_PARTS)}")
+    if _loss_weight(cfg, "RING_MAP_LOSS") > 0 and not _loss_weight(cfg, "DETAIL_LOSS"):
+        raise AttnGANError("TRAIN.RING_MAP_LOSS reads the head where the detail reader looks for the eye ring: set "
+                           "TRAIN.DETAIL_LOSS and TRAIN.DETAIL_BACKBONE (an attention-pooled backbone) too")
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)
@@ -203,8 +207,11 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     patch_weight = _loss_weight(cfg, "PATCH_D_LOSS")
     patchD = PatchDiscriminator(2 * mc.df_dim) if patch_weight > 0 else None
     head_weight = _loss_weight(cfg, "HEAD_D_LOSS")
-    if head_weight > 0:
+    ring_weight = _loss_weight(cfg, "RING_MAP_LOSS")
+    if head_weight > 0 or ring_weight > 0:
         detail.require_attention(HEAD_PART)
+    ring_map, ring_meta = _ring_map(cfg, ckpt)
+    ring_col = columns[HEAD_PART] if ring_map is not None else None
     headD = build_head_discriminator(cfg, mc)
     every_d = [*netsD, *(d for d in (patchD, headD) if d is not None)]
     for d in every_d:
@@ -238,7 +245,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 d.load_state_dict(load_weights(net_g.parent / f"netD{i}.pth"))
         log.info("resuming the original way from %s (epoch %d)", net_g, start_epoch)
 
-    readers = [r for r in (reader, detail) if r is not None]
+    readers = [r for r in (reader, detail, ring_map) if r is not None]
     for net in [text_encoder, image_encoder, netG, *every_d, *readers]:
         net.to(device)
     if cfg.TRAIN.CHANNELS_LAST:
@@ -314,7 +321,9 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                          **({} if detail is None else {"detail_reader": detail.state_dict(),
                                                        "detail_values": detail.parts,
                                                        "detail_size": detail.encoder.input_size,
-                                                       "detail_pool": detail.pool})},
+                                                       "detail_pool": detail.pool}),
+                         **({} if ring_map is None else {"ring_map": ring_map.state_dict(),
+                                                         "ring_map_meta": ring_meta})},
                         ckpt_path)
         barrier(info)
 
@@ -414,6 +423,11 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                                          cfg.TRAIN.DETAIL_EVERY_STAGE, fake_read if headD is not None else None)
                     d_loss = d_loss * cfg.TRAIN.DETAIL_LOSS
                 total_g = total_g + d_loss
+            if ring_map is not None:
+                with autocast(device, run.amp):
+                    r_loss = ring_loss(ring_map, ring_meta, fake_heads if headD is not None else
+                                       crop_heads(detail, fakes[-1]), batch.parts[:, ring_col]) * ring_weight
+                total_g = total_g + r_loss
             total_g.backward()
             average_gradients(netG.parameters(), info)
             optG.step()
@@ -430,6 +444,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 values["p_loss"] = p_loss.item()
             if detail is not None:
                 values["d_loss"] = d_loss.item()
+            if ring_map is not None:
+                values["r_loss"] = r_loss.item()
             if patchD is not None:
                 values["errG_patch"] = errG_patch.item()
             if headD is not None:
@@ -591,6 +607,16 @@ def detail_loss(detail, fakes: list[torch.Tensor], labels: torch.Tensor, weights
     return loss / len(fakes)
 
 
+def ring_loss(ring_map, meta: dict, heads: torch.Tensor, ring_values: torch.Tensor) -> torch.Tensor:
+    """TRAIN.RING_MAP_LOSS (before its weight): the ring map's area loss on the generated heads, each scaled to the
+    map's crop (a 256 px image's heads are already); `ring_values`: the eye ring each caption names."""
+    from trainer.ring_map import ring_area_loss
+
+    if heads.shape[-1] != meta["crop"]:
+        heads = F.interpolate(heads, size=(meta["crop"], meta["crop"]), mode="bilinear", align_corners=False)
+    return ring_area_loss(ring_map(heads), ring_values, meta["ring_area"])
+
+
 def head_crops(detail, real: torch.Tensor, fake: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """The real and generated heads the head D judges, and the detail reader's read of the generated birds (the
@@ -690,6 +716,27 @@ def _detail_reader(cfg: Config, ckpt: dict | None):
     log.info("detail loss x%g: %d parts read at %d px by %s (%s)", weight, len(detail.parts),
              detail.encoder.input_size, cfg.TRAIN.DETAIL_BACKBONE, ", ".join(detail.parts))
     return detail
+
+
+def _ring_map(cfg: Config, ckpt: dict | None):
+    """TRAIN.RING_MAP_LOSS > 0: (the frozen ring map, its metadata), from the checkpoint when resuming, else from
+    TRAIN.RING_MAP; (None, None) when the loss is off."""
+    from trainer.ring_map import RingMap, load_ring_map
+
+    weight = _loss_weight(cfg, "RING_MAP_LOSS")
+    if not weight:
+        return None, None
+    if ckpt is not None and "ring_map" in ckpt:
+        ring_map = RingMap()
+        ring_map.load_state_dict(ckpt["ring_map"])
+        return ring_map.eval(), ckpt["ring_map_meta"]
+    if not cfg.TRAIN.RING_MAP:
+        raise AttnGANError("TRAIN.RING_MAP_LOSS reads each generated head with a ring map: set TRAIN.RING_MAP "
+                           "(`attngan train ring-map`)")
+    ring_map, meta = load_ring_map(cfg.TRAIN.RING_MAP)
+    log.info("ring map loss x%g: %s (held-out ring IoU %.0f%%; a ring is %.0f px of a head)", weight,
+             cfg.TRAIN.RING_MAP, 100 * meta["held_out_ring_iou"], meta["ring_area"])
+    return ring_map, meta
 
 
 def load_grown_generator(netG: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

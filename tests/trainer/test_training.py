@@ -516,6 +516,40 @@ def test_head_discriminator_trains_on_heads_and_travels_in_the_checkpoint(birds,
     assert ckpt["step"] == 4 and any(k.startswith("COND_DNET.attention") for k in ckpt["netsD"][-1])
 
 
+def test_ring_map_loss_reads_generated_heads_and_travels_in_the_checkpoint(birds, damsm_run, tmp_path, monkeypatch):
+    """TRAIN.RING_MAP_LOSS: each generated head, cropped where the detail reader looks for the eye ring (here without
+    a head D), is read by the ring map (r_loss); the map travels in the checkpoint, so a run resumes without its file;
+    missing settings are one line."""
+    from trainer.backbone import train_backbone
+    from trainer.damsm import latest_encoders
+    from trainer.gan import train_gan
+    from trainer.ring_map import train_ring_map
+
+    monkeypatch.setattr("trainer.backbone.READER_MIN_ACCURACY", 0.0)
+    reader = tmp_path / "reader.safetensors"
+    train_backbone(reader, renders=96, epochs=1, size=64, seed=5, held_out=16, progress=False, pool="attention",
+                   parts=["crown", "eyering"])
+    ring_map = tmp_path / "ring_map.safetensors"
+    train_ring_map(ring_map, renders=64, epochs=1, seed=3, held_out=16, progress=False, device="cpu")
+    text, _ = latest_encoders(damsm_run)
+    base = TINY_GAN + [f"TRAIN.NET_E={text}", "TRAIN.LOG_INTERVAL=1", "TRAIN.DETAIL_LOSS=1",
+                       f"TRAIN.DETAIL_BACKBONE={reader}", "TRAIN.RING_MAP_LOSS=2", f"TRAIN.RING_MAP={ring_map}",
+                       "TRAIN.CAPTION_FOCUS=eyering=1"]
+    run = train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2"]), str(birds), str(tmp_path / "gan"))
+    rows = _metrics(run, "gan/train")
+    assert len(rows) == 2 and all(r["r_loss"] > 0 for r in rows)  # every caption names the ring: each step reads it
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["ring_map_meta"]["ring_area"] > 0 and "out.2.weight" in ckpt["ring_map"]
+    ring_map.unlink()  # the checkpoint carries the map
+    train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=3"]), str(birds), str(run))
+    assert [r["step"] for r in _metrics(run, "gan/train")] == [1, 2, 3]
+    for extra, expected in [(["TRAIN.DETAIL_LOSS=0"], "RING_MAP_LOSS reads the head where the detail reader looks"),
+                            (["TRAIN.RING_MAP="], "set TRAIN.RING_MAP"), ([], "TRAIN.RING_MAP .* does not exist"),
+                            (["TRAIN.RING_MAP_LOSS=-1"], "RING_MAP_LOSS must be 0")]:
+        with pytest.raises(AttnGANError, match=expected):
+            train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2", *extra]), str(birds), str(tmp_path / "bad"))
+
+
 def test_a_patchgan_head_d_carries_into_a_conditional_one():
     """TRAIN.HEAD_D_CONDITIONAL switched on when resuming: the PatchGAN's trunk and window logits, with their Adam
     moments, become the conditional D's trunk and unconditional head; its sentence head starts fresh."""

@@ -228,10 +228,14 @@ RING_RADIUS, EYE_RADIUS = 0.36, 0.2  # in head radii: a black ring round a black
 THIN_RIM = 0.25  # a ring drawn 0.05 wide, a third of RING_RADIUS's, like generated eyes' rims (render_set's thin_rims)
 
 
+RING_MAP_EYE = 1  # ring_map's values: 0 elsewhere, 1 the eye, 1 + k a ring of ATTRIBUTE_VALUES["eyering"][k]
+
+
 def _draw_bird(img: Image.Image, attrs: dict[str, str], rng: np.random.Generator, ring: float = RING_RADIUS,
-               ) -> tuple[float, float, float, float]:
+               ring_map: Image.Image | None = None) -> tuple[float, float, float, float]:
     """Draw a perched bird with `attrs` (`ring`: the eye ring's radius in head radii); returns its bounding box
-    (x, y, w, h) in pixels."""
+    (x, y, w, h) in pixels. `ring_map` (an "L" image of the same size): the eye and the ring's visible pixels are
+    drawn into it as RING_MAP_EYE and 1 + the ring colour's index (trainer.ring_map learns to read them)."""
     size = img.size[0]
     d = ImageDraw.Draw(img)
     col = {part: _jitter(COLOUR_RGB[attrs[part]], rng) for part in COLOUR_PARTS}
@@ -315,9 +319,15 @@ def _draw_bird(img: Image.Image, attrs: dict[str, str], rng: np.random.Generator
     d.polygon(f(head), fill=col["throat"])
     d.polygon(f(crown), fill=col["crown"])
     d.polygon(f(bill), fill=col["bill_color"])
+    ring_outline, eye_outline = f(_arc(ex, ey, ring_r, ring_r, 0, 360, 20)), f(_arc(ex, ey, eye_r, eye_r, 0, 360, 14))
     if attrs["eyering"] != "none":
-        d.polygon(f(_arc(ex, ey, ring_r, ring_r, 0, 360, 20)), fill=_jitter(COLOUR_RGB[attrs["eyering"]], rng, 4.0))
-    d.polygon(f(_arc(ex, ey, eye_r, eye_r, 0, 360, 14)), fill=col["eye"])
+        d.polygon(ring_outline, fill=_jitter(COLOUR_RGB[attrs["eyering"]], rng, 4.0))
+    d.polygon(eye_outline, fill=col["eye"])
+    if ring_map is not None:
+        marks = ImageDraw.Draw(ring_map)
+        if attrs["eyering"] != "none":
+            marks.polygon(ring_outline, fill=RING_MAP_EYE + ATTRIBUTE_VALUES["eyering"].index(attrs["eyering"]))
+        marks.polygon(eye_outline, fill=RING_MAP_EYE)
     if attrs["eye"] != "black":
         d.polygon(f(_arc(ex, ey, eye_r * 0.45, eye_r * 0.45, 0, 360, 8)), fill=COLOUR_RGB["black"])
 
@@ -337,12 +347,12 @@ def render_bird(attributes: dict[str, str], size: int = 256, rng: np.random.Gene
 
 
 def _render(attributes: dict[str, str], size: int, rng: np.random.Generator, ring: float = RING_RADIUS,
-            ) -> tuple[Image.Image, tuple[float, float, float, float]]:
+            ring_map: Image.Image | None = None) -> tuple[Image.Image, tuple[float, float, float, float]]:
     for part, values in ATTRIBUTE_VALUES.items():
         if attributes.get(part) not in values:
             raise AttnGANError(f"bird attribute {part} must be one of {values}, got {attributes.get(part)!r}")
     img = _background(size, rng)
-    bbox = _draw_bird(img, attributes, rng, ring)
+    bbox = _draw_bird(img, attributes, rng, ring, ring_map)
     return img, bbox
 
 

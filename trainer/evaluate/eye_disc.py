@@ -10,7 +10,8 @@ set beside the same measure on real images: ring-sized or eye-sized.
 off on a generated bird), takes the dark pixel deepest inside a dark blob near it, centres on the blob, and
 measures how far the dark run reaches along 32 rays from that centre: the radius is their median, and the blob is
 round when the shorter quarter of the rays reach at least `ROUND` of the longer quarter's (a black crown or throat
-that runs into the eye makes a large blob that is not round). "Dark" is every channel under
+that runs into the eye makes a large blob that is not round). What black encloses counts as black (`fill_holes`):
+a black ring round an eye of another colour is the ring's disc, as it is round a black eye. "Dark" is every channel under
 `DARK`: black (22, 22, 24) is; no other palette colour is (each has a channel of 122 or more). A generated black
 shades to navy at its edge, so a lower bound would shrink generated discs more than real ones (the real ones'
 median moves 0.5 px between 56 and 110); only the branch (72, 52, 34), never near the eye, is dark too.
@@ -39,6 +40,9 @@ def measure_disc(image: np.ndarray, centre: tuple[float, float], search: int = 2
     dark = dark_mask(image)
     h, w = dark.shape
     cx, cy = centre
+    wx0, wy0 = max(0, int(cx) - 2 * search), max(0, int(cy) - 2 * search)
+    window = (slice(wy0, int(cy) + 2 * search + 1), slice(wx0, int(cx) + 2 * search + 1))
+    dark[window] = fill_holes(dark[window])  # a black ring round an eye of another colour: the ring's disc
     x0, y0 = max(0, int(cx) - search), max(0, int(cy) - search)
     ys, xs = np.nonzero(dark[y0:int(cy) + search + 1, x0:int(cx) + search + 1])
     if not len(ys):
@@ -62,6 +66,23 @@ def measure_disc(image: np.ndarray, centre: tuple[float, float], search: int = 2
         reach.append(d)
     short, long = np.percentile(reach, [25, 75])
     return float(np.median(reach)), bool(short >= ROUND * long)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """`mask` with every region it encloses set too (what cannot be reached from the border without crossing it)."""
+    outside = np.zeros_like(mask)
+    outside[[0, -1], :] = ~mask[[0, -1], :]
+    outside[:, [0, -1]] |= ~mask[:, [0, -1]]
+    while True:
+        grown = outside.copy()
+        grown[1:] |= outside[:-1]
+        grown[:-1] |= outside[1:]
+        grown[:, 1:] |= outside[:, :-1]
+        grown[:, :-1] |= outside[:, 1:]
+        grown &= ~mask
+        if np.array_equal(grown, outside):
+            return ~outside
+        outside = grown
 
 
 def _run_middle(line: np.ndarray, i: int) -> int:

@@ -184,6 +184,17 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     theta[:, :, 2] = u(-0.1, 0.1, 2)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return photometric(x, gen)
+
+
+def photometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """augment's changes that leave every pixel where it was: blur, lower resolution, colour shifts and noise (so a
+    per-pixel map of the image, trainer.ring_map's, stays right)."""
+    n = len(x)
+
+    def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=gen)
+
     blur = torch.where(torch.rand(n, generator=gen) < 0.5, u(0.3, 1.0), torch.zeros(n))
     x = _gaussian_blur(x, blur)
     low = torch.rand(n, generator=gen) < 0.1  # some as if generated at 64 px and upsampled

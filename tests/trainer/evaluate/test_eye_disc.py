@@ -59,6 +59,23 @@ def test_a_black_ring_round_a_black_eye_measures_as_the_ring():
     assert 1.55 <= float(np.median(ratios)) <= 2.05
 
 
+def test_a_black_ring_round_an_eye_of_another_colour_measures_as_the_ring():
+    """The eye inside a black ring need not be black (the challenge caption names only the ring): what the ring
+    encloses counts, so a black ring round a yellow eye measures as round a black one, and without it only the
+    pupil is black."""
+    def draw(eye: str, ring: str, seed: int) -> np.ndarray:
+        return np.asarray(render_bird({**BLACK_EYED, "eye": eye, "eyering": ring}, 256, np.random.default_rng(seed)))
+
+    for seed in range(4):
+        black_eye, yellow_eye = draw("black", "black", seed), draw("yellow", "black", seed)
+        bare = draw("yellow", "white", seed)
+        ys, xs = np.nonzero((black_eye != yellow_eye).any(-1))  # the yellow eye: the centre of both
+        centre = (float(xs.mean()), float(ys.mean()))
+        (ring, ring_round), (ringed_yellow, yellow_round) = measure_disc(black_eye, centre), measure_disc(yellow_eye, centre)
+        assert ring_round and yellow_round and abs(ringed_yellow - ring) <= 1.0
+        assert measure_disc(bare, centre)[0] < 0.5 * ring  # the pupil alone
+
+
 def test_a_thin_black_rim_measures_as_an_eye_not_a_ring():
     """What `render_set(thin_rims=)` draws for readers to call 'none': a black rim a third of the ring's width is
     nearer a bare eye than a ring round it."""

@@ -126,7 +126,7 @@ def train_ring_map(out: str | Path, *, renders: int = 12000, epochs: int = 4, se
                    batch_size: int = 64, progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Render heads, train the map, judge it on held-out heads, write `out` (safetensors); returns the metadata."""
     from trainer.data.synth import RING_MAP_EYE
-    from trainer.evaluate.faithfulness import _autocast, photometric
+    from trainer.evaluate.faithfulness import bf16_autocast, photometric
     from trainer.evaluate.run import resolve_device
     from trainer.runtime import Progress
 
@@ -158,7 +158,7 @@ def train_ring_map(out: str | Path, *, renders: int = 12000, epochs: int = 4, se
         flip = torch.rand(len(idx), generator=gen) < 0.5  # birds face either way
         x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
         x = photometric(x, gen)
-        with _autocast(str(dev)):
+        with bf16_autocast(str(dev)):
             logits = model(x.to(dev))
         loss = F.cross_entropy(logits.float(), y.to(dev), weight=weight)
         opt.zero_grad(set_to_none=True)

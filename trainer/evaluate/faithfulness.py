@@ -210,7 +210,7 @@ def photometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # --- training and prediction ---------------------------------------------------------------------------
 
 
-def _autocast(device: str):
+def bf16_autocast(device: str):
     """bf16 autocast where it is fast (CUDA, and CPUs with AVX512-BF16/AMX: ~2x here); a no-op elsewhere."""
     dev = torch.device(device)
     if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_fast_bf16()):
@@ -257,7 +257,7 @@ def fit_attributes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             idx = order[b * batch_size:(b + 1) * batch_size]
             x = augment(images[idx].float(), gen).to(device).contiguous(memory_format=torch.channels_last)
             y = labels[idx].to(device)
-            with _autocast(device):
+            with bf16_autocast(device):
                 out = model(x)
             loss = sum(F.cross_entropy(out[p].float(), y[:, i], ignore_index=IGNORE, label_smoothing=0.05)
                        for i, p in enumerate(names) if (y[:, i] != IGNORE).any())
@@ -282,7 +282,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
     model.to(device).eval()
     outs = []
     for start in range(0, len(images), batch_size):
-        with _autocast(device):
+        with bf16_autocast(device):
             logits = model(images[start:start + batch_size].to(device).float())
         outs.append(torch.stack([logits[p].float().argmax(1) for p in model.parts], 1).cpu())
     return torch.cat(outs) if outs else torch.zeros(0, len(model.parts), dtype=torch.long)

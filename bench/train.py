@@ -169,8 +169,9 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
     from trainer.data.synth import ATTRIBUTE_VALUES
     from trainer.gan import (
         build_head_discriminator,
+        crop_heads,
+        generated_heads,
         head_condition,
-        head_crops,
         head_discriminator_loss,
         head_generator_loss,
     )
@@ -219,7 +220,8 @@ def gan_step_fn(cfg, s: Setting, device: str, batch: int, n_words: int) -> Calla
             fakes, _, mu, logvar = netG(noise, sent, words, mask)
         if head is not None:
             with amp(device, s.bf16):
-                real_heads, fake_heads, fake_read = head_crops(detail, reals[-1], fakes[-1])
+                fake_heads, fake_read = generated_heads(detail, fakes[-1])
+                real_heads = crop_heads(detail, reals[-1])
             head_cond = head_condition(head, sent, words, mask)
         for i, (d, opt) in enumerate(zip(netsD, optsD)):
             opt.zero_grad(set_to_none=True)

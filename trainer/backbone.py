@@ -164,10 +164,10 @@ def train_backbone(out: str | Path, *, renders: int = 8000, epochs: int = 6, siz
 
 def save_backbone(model: PartHeads, meta: dict[str, Any], out: str | Path) -> Path:
     """Write `model` as a backbone file (safetensors, `meta` as its "attngan" metadata), atomically."""
-    heads = {f"{HEADS_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.heads.state_dict().items()}
+    heads = {f"{HEADS_PREFIX}{k}": v for k, v in model.heads.state_dict().items()}
     if model.pool == "attention":  # its global block is untrained: only the trunk and the attention heads are kept
         trunk = {k: v for k, v in trunk_state(model.encoder).items() if k.startswith("trunk.")}
-        heads.update({f"{WHERE_PREFIX}{k}": v.detach().clone().contiguous() for k, v in model.where.state_dict().items()})
+        heads.update({f"{WHERE_PREFIX}{k}": v for k, v in model.where.state_dict().items()})
     else:
         trunk = trunk_state(model.encoder)
     return save_tagged({**trunk, **heads}, meta, out)

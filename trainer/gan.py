@@ -365,9 +365,13 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 fakes, _, mu, logvar = netG(noise, sent, words, mask)
             reals = batch.images[-len(fakes):] if mc.dcgan else batch.images[: len(fakes)]
 
+            fake_read = None  # the detail reader's read of fakes[-1], when finding the heads made one
+            if headD is not None or ring_map is not None:
+                with autocast(device, run.amp):
+                    fake_heads, fake_read = generated_heads(detail, fakes[-1])
             if headD is not None:
                 with autocast(device, run.amp):
-                    real_heads, fake_heads, fake_read = head_crops(detail, reals[-1], fakes[-1])
+                    real_heads = crop_heads(detail, reals[-1])
                 head_cond = head_condition(headD, sent, words, mask)
                 swap = swapped_condition(headD, text_encoder, vocab, batch.captions, batch.lengths,
                                          cfg.TRAIN.HEAD_D_SWAP_PART, (cfg.TRAIN.SEED, step))
@@ -420,13 +424,12 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
             if detail is not None:
                 with autocast(device, run.amp):
                     d_loss = detail_loss(detail, fakes, batch.parts[:, detail_cols], detail_weights,
-                                         cfg.TRAIN.DETAIL_EVERY_STAGE, fake_read if headD is not None else None)
+                                         cfg.TRAIN.DETAIL_EVERY_STAGE, fake_read)
                     d_loss = d_loss * cfg.TRAIN.DETAIL_LOSS
                 total_g = total_g + d_loss
             if ring_map is not None:
                 with autocast(device, run.amp):
-                    r_loss = ring_loss(ring_map, ring_meta, fake_heads if headD is not None else
-                                       crop_heads(detail, fakes[-1]), batch.parts[:, ring_col]) * ring_weight
+                    r_loss = ring_loss(ring_map, ring_meta, fake_heads, batch.parts[:, ring_col]) * ring_weight
                 total_g = total_g + r_loss
             total_g.backward()
             average_gradients(netG.parameters(), info)
@@ -617,12 +620,11 @@ def ring_loss(ring_map, meta: dict, heads: torch.Tensor, ring_values: torch.Tens
     return ring_area_loss(ring_map(heads), ring_values, meta["ring_area"])
 
 
-def head_crops(detail, real: torch.Tensor, fake: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """The real and generated heads the head D judges, and the detail reader's read of the generated birds (the
-    detail loss's, with its gradient) from the same pass that finds their heads."""
+def generated_heads(detail, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The generated birds' heads (what the head D and the ring map read) and the detail reader's read of the birds
+    (the detail loss's, with its gradient), from the one pass that finds their heads."""
     fake_read, centres = detail.read_and_locate(fake, HEAD_PART)
-    return crop_heads(detail, real), losses.crop_around(fake, centres, head_crop_size(fake.shape[-1])), fake_read
+    return losses.crop_around(fake, centres, head_crop_size(fake.shape[-1])), fake_read
 
 
 def _loss_weight(cfg: Config, key: str) -> float:

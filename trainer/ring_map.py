@@ -125,6 +125,7 @@ def _as_input(images: torch.Tensor) -> torch.Tensor:
 def train_ring_map(out: str | Path, *, renders: int = 12000, epochs: int = 4, seed: int = 0, held_out: int = 1000,
                    batch_size: int = 64, progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Render heads, train the map, judge it on held-out heads, write `out` (safetensors); returns the metadata."""
+    from trainer.backbone import save_tagged
     from trainer.data.synth import RING_MAP_EYE
     from trainer.evaluate.faithfulness import bf16_autocast, photometric
     from trainer.evaluate.run import resolve_device
@@ -184,8 +185,6 @@ def train_ring_map(out: str | Path, *, renders: int = 12000, epochs: int = 4, se
             if ring_true.any() else 0.0,
             "held_out_eye_iou": round(((truth == RING_MAP_EYE) & (pred == RING_MAP_EYE)).sum().item()
                                       / max(((truth == RING_MAP_EYE) | (pred == RING_MAP_EYE)).sum().item(), 1), 4)}
-    from trainer.backbone import save_tagged
-
     save_tagged(model.state_dict(), meta, out)
     log.info("ring map: held-out ring IoU %.1f%%, ring colour right on %.1f%% of ring pixels, eye IoU %.1f%%; a ring "
              "is %.0f px of a crop; trained in %.0f s on %s -> %s", 100 * meta["held_out_ring_iou"],

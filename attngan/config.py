@@ -95,6 +95,11 @@ class TrainConfig:
     RING_MAP_LOSS: float = 0.0  # ring-map`); each generated head (cropped where the detail reader looks, as
     # HEAD_D_LOSS's) is asked for as many pixels of the named ring as a real head has (trainer.ring_map.ring_area_loss),
     # with this weight, so the ring is drawn round the eye at its width, not as a rim; 0: off
+    RING_MAP_SHAPE: bool = False  # GAN, with RING_MAP_LOSS: the loss asks for a real head's marks drawn round the
+    # generated eye (the eye's disc, the ring's annulus, nothing else; trainer.ring_map.ring_shape_loss) instead of
+    # the ring's pixel count
+    RING_MAP_COLOUR: float = 0.0  # GAN, with RING_MAP_LOSS: plus this factor on the distance of the ring's annulus
+    # (as RING_MAP_SHAPE draws it round the generated eye) from the named ring's colour (ring_map.ring_colour_loss)
     FROZEN_STAGES: int = 0  # GAN: keep the first N generator stages as loaded (--init-from / NET_G), train the rest
     RECREATE_OPTIMIZER: bool = False  # True: the original's fresh Adam every DAMSM epoch (moments reset)
     PAPER_WORD_EXPONENT: bool = False  # True: the paper's (sum exp(g2*cos))^(1/g2) in the word loss

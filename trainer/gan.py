@@ -211,6 +211,7 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
     if head_weight > 0 or ring_weight > 0:
         detail.require_attention(HEAD_PART)
     ring_map, ring_meta = _ring_map(cfg, ckpt)
+    ring_colour = _loss_weight(cfg, "RING_MAP_COLOUR")
     ring_col = columns[HEAD_PART] if ring_map is not None else None
     headD = build_head_discriminator(cfg, mc)
     every_d = [*netsD, *(d for d in (patchD, headD) if d is not None)]
@@ -429,7 +430,8 @@ def _train(run: Run, data: Path, init_from: str | None, stop: GracefulStop) -> P
                 total_g = total_g + d_loss
             if ring_map is not None:
                 with autocast(device, run.amp):
-                    r_loss = ring_loss(ring_map, ring_meta, fake_heads, batch.parts[:, ring_col]) * ring_weight
+                    r_loss = ring_loss(ring_map, ring_meta, fake_heads, batch.parts[:, ring_col],
+                                       cfg.TRAIN.RING_MAP_SHAPE, ring_colour) * ring_weight
                 total_g = total_g + r_loss
             total_g.backward()
             average_gradients(netG.parameters(), info)
@@ -610,14 +612,21 @@ def detail_loss(detail, fakes: list[torch.Tensor], labels: torch.Tensor, weights
     return loss / len(fakes)
 
 
-def ring_loss(ring_map, meta: dict, heads: torch.Tensor, ring_values: torch.Tensor) -> torch.Tensor:
-    """TRAIN.RING_MAP_LOSS (before its weight): the ring map's area loss on the generated heads, each scaled to the
-    map's crop (a 256 px image's heads are already); `ring_values`: the eye ring each caption names."""
-    from trainer.ring_map import ring_area_loss
+def ring_loss(ring_map, meta: dict, heads: torch.Tensor, ring_values: torch.Tensor, shape: bool = False,
+              colour: float = 0.0) -> torch.Tensor:
+    """TRAIN.RING_MAP_LOSS (before its weight): the ring map's area loss (`shape`, TRAIN.RING_MAP_SHAPE: its shape
+    loss) on the generated heads, each scaled to the map's crop (a 256 px image's heads are already), plus `colour`
+    (TRAIN.RING_MAP_COLOUR) times the annulus's distance from the named colour; `ring_values`: the eye ring each
+    caption names."""
+    from trainer.ring_map import ring_area_loss, ring_colour_loss, ring_shape_loss
 
     if heads.shape[-1] != meta["crop"]:
         heads = F.interpolate(heads, size=(meta["crop"], meta["crop"]), mode="bilinear", align_corners=False)
-    return ring_area_loss(ring_map(heads), ring_values, meta["ring_area"])
+    logits = ring_map(heads)
+    loss = (ring_shape_loss if shape else ring_area_loss)(logits, ring_values, meta["ring_area"])
+    if colour > 0:
+        loss = loss + colour * ring_colour_loss(heads, logits, ring_values, meta["ring_area"])
+    return loss
 
 
 def generated_heads(detail, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -6,7 +6,8 @@ round a black eye, one black disc 1.8x a bare eye's width in the renders, came o
 (models/README.md). A reader of every pixel cannot be satisfied that way: trained on the renderer's own masks
 (synth._draw_bird's `ring_map`), it calls a pixel "black ring" only where the annulus round the eye is, so the
 GAN's ring-map loss (TRAIN.RING_MAP_LOSS, `ring_area_loss`) asks for as many pixels of the named ring as a real
-head has, around the eye.
+head has, around the eye; with TRAIN.RING_MAP_SHAPE (`ring_shape_loss`) it asks for a real head's marks drawn round
+the generated eye instead: the eye's disc, the ring's annulus, nothing else.
 
 It reads 64 px head crops of 256 px images, as TRAIN.HEAD_D_LOSS crops them; `attngan train ring-map` renders
 birds, crops each head around its eye (shifted by up to JITTER px: the GAN crops where the detail reader looks,
@@ -17,6 +18,7 @@ resolution, colour shifts, noise), which moves no pixel.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,12 @@ class RingMap(nn.Module):
         return self.out(torch.cat([full, context], 1))
 
 
+def _named(logits: torch.Tensor, ring_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads whose caption names the eye ring (value index >= 0): their logits in fp32, their values."""
+    named = ring_values >= 0
+    return logits[named].float(), ring_values[named].long()
+
+
 def ring_area_loss(logits: torch.Tensor, ring_values: torch.Tensor, area: float) -> torch.Tensor:
     """TRAIN.RING_MAP_LOSS: per head, |log((pixels the map reads as the named ring + 1) / (area + 1))| + pixels it
     reads as a ring of another colour / `area` (a real ring's pixels in a crop); a caption naming no ring ("none")
@@ -72,15 +80,82 @@ def ring_area_loss(logits: torch.Tensor, ring_values: torch.Tensor, area: float)
     gradient vanishes with their probabilities: 350 steps of it on the default model moved nothing).
     `ring_values`: the eye ring's value index per head (0 "none"), negative where the caption does not name it;
     those heads are not counted. 0 when no head's caption names it."""
-    named = ring_values >= 0
-    if not named.any():
+    if not (ring_values >= 0).any():
         return logits.new_zeros((), dtype=torch.float32)
-    pixels = logits[named].float().softmax(1).sum((2, 3))[:, 2:]  # heads x ring colours
-    values = ring_values[named]
+    logits, values = _named(logits, ring_values)
+    pixels = logits.softmax(1).sum((2, 3))[:, 2:]  # heads x ring colours
     ringed = values > 0
     right = pixels.gather(1, (values.clamp(min=1) - 1)[:, None])[:, 0] * ringed
     size = torch.log((right + 1) / (area + 1)).abs() * ringed
     return (size + (pixels.sum(1) - right) / area).mean()
+
+
+def ring_radii(area: float) -> tuple[float, float]:
+    """The eye's and its ring's radii in a crop's pixels, from a real ring's visible pixels (`area`): the renderer
+    draws the ring as a disc synth.RING_RADIUS / synth.EYE_RADIUS times the eye's, the eye on top, so the ring shows
+    as the annulus between them."""
+    from trainer.data.synth import EYE_RADIUS, RING_RADIUS
+
+    ratio = RING_RADIUS / EYE_RADIUS
+    eye = math.sqrt(area / (math.pi * (ratio * ratio - 1)))
+    return eye, eye * ratio
+
+
+def ring_targets(logits: torch.Tensor, values: torch.Tensor, area: float) -> torch.Tensor:
+    """A real head's marks drawn round each generated eye (N x H x W classes, no gradient): a disc of a real eye's
+    radius as the eye, the annulus out to the ring's radius as the ring `values` names (none for 0), the rest
+    "elsewhere"; -100 (not counted) within half a pixel of either radius. The centre is where the map reads the eye
+    (`logits`: its reading of the heads), or the crop's when it reads almost none."""
+    from trainer.data.synth import RING_MAP_EYE
+
+    n, _, h, w = logits.shape
+    r_eye, r_ring = ring_radii(area)
+    with torch.no_grad():
+        eye = logits.float().softmax(1)[:, RING_MAP_EYE]
+        eye = eye * (eye > 0.5)
+        mass = eye.sum((1, 2))
+        ys = torch.arange(h, device=logits.device, dtype=torch.float32).view(1, h, 1)
+        xs = torch.arange(w, device=logits.device, dtype=torch.float32).view(1, 1, w)
+        seen = mass > 0.25 * math.pi * r_eye * r_eye
+        cy = torch.where(seen, (eye * ys).sum((1, 2)) / mass.clamp(min=1e-6), torch.full_like(mass, (h - 1) / 2))
+        cx = torch.where(seen, (eye * xs).sum((1, 2)) / mass.clamp(min=1e-6), torch.full_like(mass, (w - 1) / 2))
+        d = ((ys - cy.view(n, 1, 1)) ** 2 + (xs - cx.view(n, 1, 1)) ** 2).sqrt()
+        ring = (d < r_ring) & (values > 0).view(n, 1, 1)
+        target = torch.where(ring, (RING_MAP_EYE + values).view(n, 1, 1), 0)
+        target[d < r_eye] = RING_MAP_EYE
+        target[((d - r_eye).abs() < 0.5) | (((d - r_ring).abs() < 0.5) & (values > 0).view(n, 1, 1))] = -100
+    return target
+
+
+def ring_shape_loss(logits: torch.Tensor, ring_values: torch.Tensor, area: float) -> torch.Tensor:
+    """TRAIN.RING_MAP_SHAPE: per head, the map's cross-entropy against `ring_targets`: the eye's disc read as the
+    eye, the annulus as the named ring, every other pixel as neither. Where the area loss asks only for enough ring
+    pixels (which it got as a dark patch, not round on half the seeds), this asks for them where a ring is and for
+    none elsewhere. `ring_values` as `ring_area_loss`."""
+    if not (ring_values >= 0).any():
+        return logits.new_zeros((), dtype=torch.float32)
+    logits, values = _named(logits, ring_values)
+    weight = torch.tensor([1.0] + [3.0] * (logits.shape[1] - 1), device=logits.device)  # as the map was trained
+    return F.cross_entropy(logits, ring_targets(logits, values, area), weight=weight, ignore_index=-100)
+
+
+def ring_colour_loss(heads: torch.Tensor, logits: torch.Tensor, ring_values: torch.Tensor, area: float
+                     ) -> torch.Tensor:
+    """TRAIN.RING_COLOUR_LOSS: the mean distance of each pixel of `ring_targets`' annulus (in the generated heads,
+    [-1, 1]) from the named ring's colour as the renderer draws it, over heads whose caption names a ring: a target
+    the map cannot be fooled on (asked for the shape alone, the generator drew the ring grey and pink and the map
+    read it as black). 0 when no head's caption names a ring of a colour."""
+    from trainer.data.synth import COLOUR_RGB, RING_MAP_EYE
+
+    ringed = ring_values > 0
+    if not ringed.any():
+        return logits.new_zeros((), dtype=torch.float32)
+    logits, values = _named(logits[ringed], ring_values[ringed])
+    colours = torch.tensor([COLOUR_RGB[c] for c in ring_colours()], device=heads.device, dtype=torch.float32)
+    want = (colours / 127.5 - 1)[values - 1].view(-1, 3, 1, 1)
+    ring = (ring_targets(logits, values, area) == RING_MAP_EYE + values.view(-1, 1, 1)).float()
+    gap = (heads[ringed].float() - want).abs().mean(1)
+    return ((gap * ring).sum((1, 2)) / ring.sum((1, 2)).clamp(min=1)).mean()
 
 
 def render_heads(n: int, seed: int, progress: bool = False, desc: str = "ring map: renders"

@@ -14,7 +14,16 @@ from attngan.errors import AttnGANError
 from tests.trainer.conftest import PYTHON, REPO, subprocess_env
 from trainer.data import synth
 from trainer.evaluate.faithfulness import sample_attributes
-from trainer.ring_map import load_ring_map, render_heads, ring_area_loss, ring_colours, train_ring_map
+from trainer.ring_map import (
+    load_ring_map,
+    render_heads,
+    ring_area_loss,
+    ring_colour_loss,
+    ring_colours,
+    ring_radii,
+    ring_shape_loss,
+    train_ring_map,
+)
 
 
 def test_the_renderer_marks_the_eye_and_ring_it_draws_and_draws_the_same_bird():
@@ -92,6 +101,81 @@ def test_ring_area_loss_counts_the_named_ring_pixels():
     assert heads.grad.abs().sum() > 0
 
 
+def _marks(cx: float, cy: float, r_eye: float, r_ring: float, ring: int) -> np.ndarray:
+    """Classes of a 64 px head: an eye disc at (cx, cy), the annulus round it out to `r_ring` of class `ring`."""
+    ys, xs = np.mgrid[0:64, 0:64]
+    d = np.hypot(xs - cx, ys - cy)
+    return np.where(d < r_eye, synth.RING_MAP_EYE, np.where(d < r_ring, ring, 0))
+
+
+def test_ring_radii_give_a_real_rings_area_and_ratio():
+    r_eye, r_ring = ring_radii(287.0)
+    assert r_ring / r_eye == pytest.approx(synth.RING_RADIUS / synth.EYE_RADIUS)
+    assert np.pi * (r_ring ** 2 - r_eye ** 2) == pytest.approx(287.0)
+
+
+def test_ring_shape_loss_asks_for_the_ring_round_the_eye_not_its_pixels_anywhere():
+    index = synth.ATTRIBUTE_VALUES["eyering"].index
+    black, area = 1 + index("black"), 287.0
+    r_eye, r_ring = ring_radii(area)
+    real = _marks(30.3, 33.6, r_eye, r_ring, black)  # a real ring, off the crop's centre
+    # the same pixel count of black ring as a patch beside an eye: what the area loss was satisfied by
+    patch = _marks(30.3, 33.6, r_eye, 0, black)
+    patch[5:5 + 17, 40:57] = black
+    bare = _marks(30.3, 33.6, r_eye, 0, black)
+    wide = _marks(30.3, 33.6, r_eye, r_ring * 1.5, black)
+    logits = torch.stack([_logits(m) for m in (real, patch, bare, wide)]).float()
+
+    def loss(value: str, rows: list[int]) -> float:
+        return ring_shape_loss(logits[rows], torch.full((len(rows),), index(value)), area).item()
+
+    assert loss("black", [0]) == pytest.approx(0.0, abs=1e-6)  # found round the eye where it is, not the centre
+    assert loss("black", [1]) > 1.0 and loss("black", [2]) > 1.0 and loss("black", [3]) > 1.0
+    assert ring_area_loss(logits[[1]], torch.tensor([index("black")]), area).item() < 0.03  # area alone: content
+    assert loss("white", [0]) > 1.0  # another colour named
+    assert loss("none", [2]) == pytest.approx(0.0, abs=1e-6) and loss("none", [0]) > 1.0
+    values = torch.tensor([-100, index("black")])
+    assert ring_shape_loss(logits[[1, 0]], values, area).item() == pytest.approx(0.0, abs=1e-6)  # unnamed: skipped
+    assert ring_shape_loss(logits[:2], torch.tensor([-100, -100]), area).item() == 0.0
+    # no eye read: the ring is asked for round the crop's centre, and the generator's pixels get a gradient
+    heads = torch.zeros(1, 3, 64, 64, requires_grad=True)
+    conv = torch.nn.Conv2d(3, 2 + len(ring_colours()), 1)
+    ring_shape_loss(conv(heads), torch.tensor([index("black")]), area).backward()
+    assert heads.grad.abs().sum() > 0
+
+
+def test_ring_colour_loss_asks_the_annulus_round_the_eye_for_the_named_colour():
+    index = synth.ATTRIBUTE_VALUES["eyering"].index
+    black, area = 1 + index("black"), 287.0
+    r_eye, r_ring = ring_radii(area)
+    marks = _marks(30.3, 33.6, r_eye, r_ring, black)
+    logits = _logits(marks).float()[None].repeat(3, 1, 1, 1)  # the map reads a black ring round the eye in each
+    ring = torch.from_numpy(marks == black).float()
+
+    def colour(rgb: tuple[int, int, int]) -> torch.Tensor:
+        return (torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1).view(3, 1, 1)
+
+    def head(ring_rgb: tuple[int, int, int], rest_rgb: tuple[int, int, int]) -> torch.Tensor:
+        return colour(ring_rgb) * ring + colour(rest_rgb) * (1 - ring)
+
+    black_rgb, grey_rgb = synth.COLOUR_RGB["black"], synth.COLOUR_RGB["grey"]
+    heads = torch.stack([head(black_rgb, (250, 220, 0)), head(grey_rgb, (250, 220, 0)), head(black_rgb, black_rgb)])
+
+    def loss(rows: list[int], value: str) -> float:
+        return ring_colour_loss(heads[rows], logits[rows], torch.full((len(rows),), index(value)), area).item()
+
+    assert loss([0], "black") < 0.02  # only the pixels half a pixel off a radius's edge differ
+    assert loss([1], "black") == pytest.approx(np.abs(np.subtract(grey_rgb, black_rgb)).mean() / 127.5, rel=0.05)
+    assert loss([2], "black") < 0.02  # what lies outside the annulus is not asked about
+    assert loss([1], "grey") < 0.02
+    assert loss([1], "none") == 0.0  # no ring named: no colour asked for
+    values = torch.tensor([-100, index("black")])
+    assert ring_colour_loss(heads[[1, 0]], logits[[1, 0]], values, area).item() < 0.02  # unnamed: not counted
+    grad_heads = heads[[1]].clone().requires_grad_(True)
+    ring_colour_loss(grad_heads, logits[[1]], torch.tensor([index("black")]), area).backward()
+    assert grad_heads.grad[0, :, ring > 0].abs().sum() > 0 and grad_heads.grad[0, :, ring == 0].abs().sum() < 1e-3
+
+
 def test_ring_map_learns_held_out_rings_and_round_trips(tmp_path):
     torch.manual_seed(0)
     out = tmp_path / "ring_map.safetensors"
@@ -109,6 +193,7 @@ def test_ring_map_learns_held_out_rings_and_round_trips(tmp_path):
     true = torch.tensor([synth.ATTRIBUTE_VALUES["eyering"].index(r) for r in rings])
     wrong = torch.where(true > 0, true % len(ring_colours()) + 1, 1)
     assert ring_area_loss(logits, true, meta["ring_area"]) < 0.5 * ring_area_loss(logits, wrong, meta["ring_area"])
+    assert ring_shape_loss(logits, true, meta["ring_area"]) < 0.5 * ring_shape_loss(logits, wrong, meta["ring_area"])
     for bad, expected in [(tmp_path / "missing.safetensors", "does not exist"), (tmp_path / "x.txt", "not a safetensors")]:
         if bad.suffix == ".txt":
             bad.write_text("hello")

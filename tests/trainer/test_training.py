@@ -540,9 +540,11 @@ def test_ring_map_loss_reads_generated_heads_and_travels_in_the_checkpoint(birds
     assert len(rows) == 2 and all(r["r_loss"] > 0 for r in rows)  # every caption names the ring: each step reads it
     ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["ring_map_meta"]["ring_area"] > 0 and "out.2.weight" in ckpt["ring_map"]
-    ring_map.unlink()  # the checkpoint carries the map
-    train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=3"]), str(birds), str(run))
-    assert [r["step"] for r in _metrics(run, "gan/train")] == [1, 2, 3]
+    ring_map.unlink()  # the checkpoint carries the map; resumed with the shape and colour losses instead
+    resumed = ["TRAIN.MAX_STEPS=3", "TRAIN.RING_MAP_SHAPE=true", "TRAIN.RING_MAP_COLOUR=1"]
+    train_gan(load_config(GAN_CFG, base + resumed), str(birds), str(run))
+    rows = _metrics(run, "gan/train")
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["r_loss"] > 0
     for extra, expected in [(["TRAIN.DETAIL_LOSS=0"], "RING_MAP_LOSS reads the head where the detail reader looks"),
                             (["TRAIN.RING_MAP="], "set TRAIN.RING_MAP"), ([], "TRAIN.RING_MAP .* does not exist"),
                             (["TRAIN.RING_MAP_LOSS=-1"], "RING_MAP_LOSS must be 0")]:

@@ -120,10 +120,10 @@ def ring_targets(logits: torch.Tensor, values: torch.Tensor, area: float) -> tor
         cy = torch.where(seen, (eye * ys).sum((1, 2)) / mass.clamp(min=1e-6), torch.full_like(mass, (h - 1) / 2))
         cx = torch.where(seen, (eye * xs).sum((1, 2)) / mass.clamp(min=1e-6), torch.full_like(mass, (w - 1) / 2))
         d = ((ys - cy.view(n, 1, 1)) ** 2 + (xs - cx.view(n, 1, 1)) ** 2).sqrt()
-        ring = (d < r_ring) & (values > 0).view(n, 1, 1)
-        target = torch.where(ring, (RING_MAP_EYE + values).view(n, 1, 1), 0)
+        ringed = (values > 0).view(n, 1, 1)
+        target = torch.where((d < r_ring) & ringed, (RING_MAP_EYE + values).view(n, 1, 1), 0)
         target[d < r_eye] = RING_MAP_EYE
-        target[((d - r_eye).abs() < 0.5) | (((d - r_ring).abs() < 0.5) & (values > 0).view(n, 1, 1))] = -100
+        target[((d - r_eye).abs() < 0.5) | (((d - r_ring).abs() < 0.5) & ringed)] = -100
     return target
 
 
@@ -141,7 +141,7 @@ def ring_shape_loss(logits: torch.Tensor, ring_values: torch.Tensor, area: float
 
 def ring_colour_loss(heads: torch.Tensor, logits: torch.Tensor, ring_values: torch.Tensor, area: float
                      ) -> torch.Tensor:
-    """TRAIN.RING_COLOUR_LOSS: the mean distance of each pixel of `ring_targets`' annulus (in the generated heads,
+    """TRAIN.RING_MAP_COLOUR: the mean distance of each pixel of `ring_targets`' annulus (in the generated heads,
     [-1, 1]) from the named ring's colour as the renderer draws it, over heads whose caption names a ring: a target
     the map cannot be fooled on (asked for the shape alone, the generator drew the ring grey and pink and the map
     read it as black). 0 when no head's caption names a ring of a colour."""
@@ -150,7 +150,7 @@ def ring_colour_loss(heads: torch.Tensor, logits: torch.Tensor, ring_values: tor
     ringed = ring_values > 0
     if not ringed.any():
         return logits.new_zeros((), dtype=torch.float32)
-    logits, values = _named(logits[ringed], ring_values[ringed])
+    logits, values = logits[ringed].float(), ring_values[ringed].long()
     colours = torch.tensor([COLOUR_RGB[c] for c in ring_colours()], device=heads.device, dtype=torch.float32)
     want = (colours / 127.5 - 1)[values - 1].view(-1, 3, 1, 1)
     ring = (ring_targets(logits, values, area) == RING_MAP_EYE + values.view(-1, 1, 1)).float()

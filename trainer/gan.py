@@ -127,6 +127,9 @@ def train_gan(cfg: Config, data_dir: str | None = None, output_dir: str | None =
     if _loss_weight(cfg, "RING_MAP_LOSS") > 0 and not _loss_weight(cfg, "DETAIL_LOSS"):
         raise AttnGANError("TRAIN.RING_MAP_LOSS reads the head where the detail reader looks for the eye ring: set "
                            "TRAIN.DETAIL_LOSS and TRAIN.DETAIL_BACKBONE (an attention-pooled backbone) too")
+    if (cfg.TRAIN.RING_MAP_SHAPE or _loss_weight(cfg, "RING_MAP_COLOUR")) and not _loss_weight(cfg, "RING_MAP_LOSS"):
+        raise AttnGANError("TRAIN.RING_MAP_SHAPE and TRAIN.RING_MAP_COLOUR change the ring map's loss: set "
+                           "TRAIN.RING_MAP_LOSS (its weight) and TRAIN.RING_MAP too")
     if not cfg.TRAIN.NET_E and not init_from and not _has_checkpoint(cfg, output_dir):
         _load_encoders(cfg, None)  # raises the one-line "NET_E is empty" error before any output is made
     return train_in_run(cfg, output_dir, "AttnGAN", _train, data, init_from)

@@ -547,7 +547,10 @@ def test_ring_map_loss_reads_generated_heads_and_travels_in_the_checkpoint(birds
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["r_loss"] > 0
     for extra, expected in [(["TRAIN.DETAIL_LOSS=0"], "RING_MAP_LOSS reads the head where the detail reader looks"),
                             (["TRAIN.RING_MAP="], "set TRAIN.RING_MAP"), ([], "TRAIN.RING_MAP .* does not exist"),
-                            (["TRAIN.RING_MAP_LOSS=-1"], "RING_MAP_LOSS must be 0")]:
+                            (["TRAIN.RING_MAP_LOSS=-1"], "RING_MAP_LOSS must be 0"),
+                            (["TRAIN.RING_MAP_LOSS=0", "TRAIN.RING_MAP_SHAPE=true"], "set TRAIN.RING_MAP_LOSS"),
+                            (["TRAIN.RING_MAP_LOSS=0", "TRAIN.RING_MAP_COLOUR=1"], "set TRAIN.RING_MAP_LOSS"),
+                            (["TRAIN.RING_MAP_COLOUR=-1"], "RING_MAP_COLOUR must be 0")]:
         with pytest.raises(AttnGANError, match=expected):
             train_gan(load_config(GAN_CFG, base + ["TRAIN.MAX_STEPS=2", *extra]), str(birds), str(tmp_path / "bad"))
 

@@ -81,6 +81,9 @@ def test_sagemaker_entry_point_end_to_end(birds, tmp_path):
     assert (tmp_path / "checkpoints" / "damsm" / "checkpoint.pt").is_file()  # resumable after a restart
     assert (tmp_path / "checkpoints" / "gan" / "checkpoint.pt").is_file()
     assert not (tmp_path / "output" / "failure").exists()
+    # fp16 weights, as make train-default exports the shipped bundle (config=default's half=true)
+    assert bundle.manifest["weights_dtype"] == "float16"
+    assert load_file(str(tmp_path / "model" / "generator.safetensors"))["img_net3.img.0.weight"].dtype == torch.float16
 
 
 def test_sagemaker_failure_file_and_multinode_plan(birds, tmp_path):
@@ -101,6 +104,14 @@ def test_sagemaker_failure_file_and_multinode_plan(birds, tmp_path):
     cmd = _train_cmd(job, "gan", job.gan_cfg, job.gan_set, tmp_path / "gan")
     assert "--master-addr=algo-1" in cmd and "--node-rank=1" in cmd and "--nnodes=2" in cmd
     assert "TRAIN.MAX_EPOCH=2" in cmd and "TRAIN.BATCH_SIZE=8" in cmd
+    assert not job.half  # fp32 bundles but for config=default's, unless asked
+    for hp, half in [({"config": "default"}, True), ({"config": "default", "half": "False"}, False),
+                     ({"config": "bird", "half": "true"}, True)]:
+        (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hp))
+        assert read_job(env).half is half
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"half": "yes"}))
+    with pytest.raises(AttnGANError, match="hyperparameter half='yes' must be true or false"):
+        read_job(env)
 
 
 def test_sagemaker_overrides_keep_commas_inside_a_value(birds, tmp_path):

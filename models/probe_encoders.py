@@ -112,11 +112,22 @@ def main() -> None:
                         "judgeable ones; eyering, nape and the rest of trainer.data.synth.ATTRIBUTE_VALUES work too)")
     args = parser.parse_args()
     from attngan.bundle import load_bundle
+    from attngan.errors import AttnGANError
     from trainer.checkpoint import load_weights
-    from trainer.data.synth import load_attributes
+    from trainer.data.synth import ATTRIBUTE_VALUES, load_attributes
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in ATTRIBUTE_VALUES]
+    if unknown or not parts:
+        parser.error(f"--parts {args.parts}: give parts of trainer.data.synth.ATTRIBUTE_VALUES "
+                     f"({', '.join(ATTRIBUTE_VALUES)})")
+    try:
+        bundle = load_bundle(args.bundle)
+        attrs = load_attributes(Path(args.data))
+    except AttnGANError as exc:  # a missing bundle, a data set without attributes.json: one line
+        parser.error(str(exc))
     from trainer.evaluate.rprecision import r_precision_hits, sample_mismatched
 
-    bundle = load_bundle(args.bundle)
     text_encoder, _, image_encoder = bundle.build_networks("cpu", image_encoder=True)
     if args.text_encoder:
         text_encoder.load_state_dict(load_weights(args.text_encoder))
@@ -124,7 +135,6 @@ def main() -> None:
     text_encoder.eval()
     image_encoder.eval()
     data = Path(args.data)
-    attrs = load_attributes(data)
     words_num = args.words_num or bundle.config.words_num
     train = encode_split(data, "train", bundle, text_encoder, image_encoder, attrs, words_num)
     test = encode_split(data, "test", bundle, text_encoder, image_encoder, attrs, words_num)
@@ -135,7 +145,7 @@ def main() -> None:
     print(f"{'part':8s} {'text: train / test captions':>28s} {'words: train / test captions':>29s} "
           f"{'image: train / test images':>28s}")
     rows = []
-    for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
+    for part in parts:
         values = sorted({t[part] for t in train["truth"] + test["truth"] if part in t})
         index = {v: k for k, v in enumerate(values)}
         sel = [k for k, n in enumerate(train["named"]) if part in n]

@@ -15,6 +15,7 @@ not look at the part.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -32,27 +33,33 @@ def main() -> None:
 
     from attngan.bundle import load_bundle
     from attngan.config import load_config
+    from attngan.errors import AttnGANError
     from attngan.model import ConditionalPatchDiscriminator, Words
     from trainer.backbone import load_detail_reader
     from trainer.data.dataset import TextImageDataset
     from trainer.evaluate.run import encode_batch
     from trainer.gan import crop_heads, swapped_condition
 
-    ckpt = torch.load(f"{args.run}/checkpoint.pt", map_location="cpu", weights_only=True)
-    state = ckpt["netsD"][-1]
+    checkpoint = Path(args.run) / "checkpoint.pt"
+    if not checkpoint.is_file():
+        ap.error(f"{checkpoint}: no such file (--run is a GAN run's output folder)")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["netsD"][-1]
     if not any(k.startswith("COND_DNET.attention") for k in state):
-        raise SystemExit(f"{args.run}: its last discriminator is not a word-reading head D")
+        ap.error(f"{args.run}: its last discriminator is not a word-reading head D (TRAIN.HEAD_D_WORDS)")
     ndf, nef = state["img_code.0.weight"].shape[0], state["COND_DNET.attention.conv_context.weight"].shape[1]
     headD = ConditionalPatchDiscriminator(ndf, nef, words=True)
     headD.load_state_dict(state)
     headD.eval()
-    bundle = load_bundle(args.bundle)
+    try:  # a missing bundle, backbone or data set: one line
+        bundle = load_bundle(args.bundle)
+        detail = load_detail_reader(args.backbone, min_accuracy=0.0).eval()  # where it looks, at any accuracy
+        words_num = bundle.config.words_num
+        cfg = load_config(None, ["TREE.BRANCH_NUM=3", "TREE.BASE_SIZE=64", f"TEXT.WORDS_NUM={words_num}"])
+        ds = TextImageDataset(args.data, args.split, cfg, vocab=bundle.vocab, train=False)
+    except AttnGANError as exc:
+        ap.error(str(exc))
     text_encoder = bundle.build_networks("cpu", image_encoder=False)[0]
     text_encoder.eval()
-    detail = load_detail_reader(args.backbone).eval()
-    words_num = bundle.config.words_num
-    cfg = load_config(None, ["TREE.BRANCH_NUM=3", "TREE.BASE_SIZE=64", f"TEXT.WORDS_NUM={words_num}"])
-    ds = TextImageDataset(args.data, args.split, cfg, vocab=bundle.vocab, train=False)
     device = torch.device("cpu")
     above = total = 0
     with torch.no_grad():

@@ -115,6 +115,7 @@ def main() -> None:
     from attngan.errors import AttnGANError
     from trainer.checkpoint import load_weights
     from trainer.data.synth import ATTRIBUTE_VALUES, load_attributes
+    from trainer.evaluate.rprecision import r_precision_hits, sample_mismatched
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in ATTRIBUTE_VALUES]
@@ -126,7 +127,6 @@ def main() -> None:
         attrs = load_attributes(Path(args.data))
     except AttnGANError as exc:  # a missing bundle, a data set without attributes.json: one line
         parser.error(str(exc))
-    from trainer.evaluate.rprecision import r_precision_hits, sample_mismatched
 
     text_encoder, _, image_encoder = bundle.build_networks("cpu", image_encoder=True)
     if args.text_encoder:

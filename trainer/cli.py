@@ -60,6 +60,8 @@ def register(subparsers: Any) -> None:
     export.add_argument("--out", required=True, help="bundle folder to write")
     export.add_argument("--epoch", type=int, help="use Model/netG_epoch_N.pth (default: the latest EMA weights)")
     export.add_argument("--half", action="store_true", help="store fp16 weights (half the size)")
+    export.add_argument("--raw", action="store_true", help="the latest generator as trained, not its weight average "
+                        "(TRAIN.EMA_DECAY): to see what the average smooths over")
     export.set_defaults(func=_export)
 
 
@@ -104,18 +106,22 @@ def _train_ring_map(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    path = export_run(args.run, args.out, epoch=args.epoch, half=args.half)
+    if args.raw and args.epoch is not None:
+        raise AttnGANError("--raw exports the checkpoint's latest generator; --epoch's snapshots are weight averages")
+    path = export_run(args.run, args.out, epoch=args.epoch, half=args.half, raw=args.raw)
     print(path)
     return 0
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = None, half: bool = False) -> Path:
-    """GAN run folder -> bundle: EMA generator, text + image encoders, vocabulary, config, training info."""
+def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = None, half: bool = False,
+               raw: bool = False) -> Path:
+    """GAN run folder -> bundle: EMA generator (`raw`: the generator as trained), text + image encoders, vocabulary,
+    config, training info."""
     from attngan.bundle import write_bundle
     from attngan.model import ModelConfig
     from attngan.text import Vocabulary
     from trainer.checkpoint import CHECKPOINT_NAME, load_weights
-    from trainer.gan import ema_state, latest_generator
+    from trainer.gan import latest_generator
 
     run = Path(run_dir)
     ckpt_path = run / CHECKPOINT_NAME
@@ -125,9 +131,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = Non
     if ckpt.get("kind") != "gan":
         raise AttnGANError(f"{run} is a {ckpt.get('kind')} run; export needs a GAN run (attngan train gan)")
     if epoch is None:
-        generator = {k: v for k, v in ckpt["netG"].items()}
-        generator.update(ckpt["ema"])
-        source = f"{CHECKPOINT_NAME} (EMA, step {ckpt['step']})"
+        generator = dict(ckpt["netG"])  # BN buffers stay current, as in training's EMA samples (gan.ema_state)
+        if not raw:
+            generator.update(ckpt["ema"])
+        source = f"{CHECKPOINT_NAME} ({'raw' if raw else 'EMA'}, step {ckpt['step']})"
     else:
         path = run / "Model" / f"netG_epoch_{epoch}.pth"
         if not path.is_file():
@@ -140,7 +147,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = Non
         done_epochs = int(ckpt["epoch"])
         per_epoch = (steps - int(ckpt.get("step_in_epoch", 0))) // done_epochs if done_epochs else 0
         steps, epochs = (epoch + 1) * per_epoch, epoch + 1
-    del ema_state  # the checkpoint stores G and its EMA separately; combined above
     cfg = ckpt["config"]
     info = {
         "source_run": str(run),

@@ -82,6 +82,12 @@ def test_gan_trains_and_exports_a_bundle_that_generates(gan_run, tmp_path):
     ckpt = torch.load(gan_run / "checkpoint.pt", map_location="cpu", weights_only=True)
     for name, value in ckpt["ema"].items():  # the bundle's generator is the EMA one
         assert torch.equal(generator.state_dict()[name], value)
+    # --raw: the generator as trained, not its average (which differs from it after 24 steps)
+    raw = load_bundle(export_run(gan_run, tmp_path / "raw", raw=True))
+    raw_state = raw.build_networks()[1].state_dict()
+    assert all(torch.equal(raw_state[name], value) for name, value in ckpt["netG"].items())
+    assert any(not torch.equal(raw_state[name], value) for name, value in ckpt["ema"].items())
+    assert raw.manifest["training"]["generator_from"] == "checkpoint.pt (raw, step 24)"
     # an epoch snapshot reports the steps done when it was written (here the last epoch's: all 24)
     from trainer.gan import latest_generator
 
@@ -89,6 +95,10 @@ def test_gan_trains_and_exports_a_bundle_that_generates(gan_run, tmp_path):
     snapshot = load_bundle(export_run(gan_run, tmp_path / "snapshot", epoch=last_epoch))
     assert snapshot.manifest["training"]["steps"] == 24
     assert snapshot.manifest["training"]["epochs"] == last_epoch + 1
+    res = _cli(["export", "--run", str(gan_run), "--out", str(tmp_path / "both"), "--raw", "--epoch", "0"])
+    assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].endswith(
+        "--raw exports the checkpoint's latest generator; --epoch's snapshots are weight averages")
+    assert not (tmp_path / "both").exists()
 
 
 def _cli(args: list[str], **kw) -> subprocess.CompletedProcess:

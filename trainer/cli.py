@@ -106,8 +106,6 @@ def _train_ring_map(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if args.raw and args.epoch is not None:
-        raise AttnGANError("--raw exports the checkpoint's latest generator; --epoch's snapshots are weight averages")
     path = export_run(args.run, args.out, epoch=args.epoch, half=args.half, raw=args.raw)
     print(path)
     return 0
@@ -123,6 +121,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, epoch: int | None = Non
     from trainer.checkpoint import CHECKPOINT_NAME, load_weights
     from trainer.gan import latest_generator
 
+    if raw and epoch is not None:
+        raise AttnGANError("--raw exports the checkpoint's latest generator; --epoch's snapshots are weight averages")
     run = Path(run_dir)
     ckpt_path = run / CHECKPOINT_NAME
     if not ckpt_path.is_file():

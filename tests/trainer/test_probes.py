@@ -28,9 +28,13 @@ def reader(tmp_path_factory, birds) -> Path:
     return path
 
 
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, f"models/{script}", *args], cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
 def _probe(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "models/probe_challenge.py", "--bundle", str(BUNDLE), *args], cwd=REPO,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
+    return _run("probe_challenge.py", "--bundle", str(BUNDLE), *args)
 
 
 def _counts(stdout: str, part: str) -> int:
@@ -75,11 +79,6 @@ def test_probe_bad_flags_are_one_line(args, expected):
 
 
 # ------------------------------------------------- models/probe_encoders.py and models/probe_head_d.py
-
-
-def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, f"models/{script}", *args], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300, check=False)
 
 
 @pytest.mark.slow
